@@ -1,0 +1,183 @@
+"""ARC (Attentive Recurrent Cell) and ARCformer (ARC + MLP + norms + learned initial state)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from om.attention import causal_attention, resolve_backend
+from om.config import OmConfig
+from om.positional import CoPE, RoPEEmbeddings
+
+ROLES = ("read", "segment", "write")
+
+# Per-pass keys and values of the rows of the current, unfinished segment: one (k, v) per pass,
+# k (B, H, c, dims_key[p]) after RoPE, v (B, H, c, dims_value[p]). None at a segment boundary.
+SegmentCache = tuple[tuple[Tensor, Tensor], ...]
+
+
+@dataclass
+class ARCOutput:
+    """What `ARC.extend` returns.
+
+    y: (B, n, D) outputs of the segment rows given; cache: the per-pass keys/values to continue
+    this segment (None once it is finished); next_state: (B, S, D) once the segment is finished,
+    else None.
+    """
+
+    y: Tensor
+    cache: SegmentCache | None
+    next_state: Tensor | None
+
+
+class ARC(nn.Module):
+    """Attentive Recurrent Cell: multi-pass causal attention over [read state; segment; write state].
+
+    `forward(x, state, offset) -> (y, next_state)` for one whole segment: x (B, L, D) at stream
+    positions offset..offset+L-1, state (B, S, D) -> y (B, L, D), next_state (B, S, D). (OmLLM
+    always passes L = segment_len; ARC itself accepts any L >= 1 as a complete segment.)
+
+    Read, segment and write rows have their own Q/K/V projections per head and per pass. Pass 0
+    projects width-D rows; pass p > 0 projects each head's pass p-1 output (width dims_value[p-1])
+    with small per-head matrices. All passes use one causal mask over the 2S + L rows, so a segment
+    row sees the whole read copy of the state and the segment's past, and a write row sees the read
+    copy, the whole segment and earlier write rows. Segment rows of the last pass go through
+    `proj_out`, write rows through `proj_state`; read rows are discarded.
+
+    `extend(...)` is the same computation split at any point inside a segment, carrying the
+    per-pass key/value cache; `forward` is `extend` on a whole segment with no cache.
+    """
+
+    def __init__(self, config: OmConfig):
+        super().__init__()
+        c = config
+        self.config = c
+        self.n_heads, self.state_len, self.segment_len = c.n_heads, c.state_len, c.segment_len
+        self.dims_key, self.dims_value = list(c.dims_key), list(c.dims_value)
+        self.scales = [c.pass_scale(p) for p in range(c.n_passes)]
+        self.dropout = c.dropout
+        roles = ROLES if c.state_len > 0 else ("segment",)
+        H = c.n_heads
+        # Pass 0: one fused q|k|v projection from D per role.
+        width0 = H * (2 * self.dims_key[0] + self.dims_value[0])
+        self.proj_in = nn.ModuleDict({r: nn.Linear(c.dim, width0, bias=False) for r in roles})
+        # Passes 1..P-1: per-head fused q|k|v matrices (H, dims_value[p-1], 2*dk + dv) per role.
+        self.pass_weights = nn.ModuleList()
+        for p in range(1, c.n_passes):
+            d_in, width = self.dims_value[p - 1], 2 * self.dims_key[p] + self.dims_value[p]
+            std = 1.0 / math.sqrt(d_in)
+            self.pass_weights.append(
+                nn.ParameterDict({r: nn.Parameter(torch.randn(H, d_in, width) * std) for r in roles})
+            )
+        d_out = H * self.dims_value[-1]
+        self.proj_out = nn.Linear(d_out, c.dim, bias=False)
+        self.proj_state = nn.Linear(d_out, c.dim, bias=False) if c.state_len > 0 else None
+        self.rope: list[RoPEEmbeddings] = []
+        if "rope" in c.positional:
+            self.rope = [RoPEEmbeddings(dk, c.rope_base, c.rope_fraction) for dk in self.dims_key]
+        self.cope = nn.ModuleList()
+        if "cope" in c.positional:
+            self.cope = nn.ModuleList(CoPE(dk, c.cope_positions, c.init_std) for dk in self.dims_key)
+
+    # ---------------------------------------------------------------------------------------------
+    def forward(self, x: Tensor, state: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
+        out = self.extend(x, state, offset, cache=None, finish=True)
+        return out.y, out.next_state
+
+    def extend(self, x: Tensor, state: Tensor, offset: int, cache: SegmentCache | None, finish: bool) -> ARCOutput:
+        """Process segment rows x (B, n, D) starting at stream position `offset`.
+
+        `cache` holds the rows of this segment seen so far (None: x starts a new segment, and the
+        read rows are added first). With `finish`, the write rows are appended and the next state
+        returned; the caller guarantees the segment then holds exactly `segment_len` rows.
+        """
+        B, n, _ = x.shape
+        S = self.state_len
+        seen = 0 if cache is None else cache[0][0].shape[2] - S
+        segment_start = offset - seen
+        pieces: list[tuple[str, Tensor, Tensor]] = []  # (role, rows, positions)
+        if cache is None and S > 0:
+            pieces.append(("read", state, torch.arange(segment_start - S, segment_start)))
+        pieces.append(("segment", x, torch.arange(offset, offset + n)))
+        if finish and S > 0:
+            end = offset + n
+            pieces.append(("write", state, torch.arange(end, end + S)))
+        positions = torch.cat([pos for _, _, pos in pieces])
+        backend = resolve_backend(self.config.attention_backend, x.device, len(self.cope) > 0)
+        dropout_p = self.dropout if self.training else 0.0
+
+        new_cache = []
+        z: list[Tensor] = []  # per role: (B, H, rows, width) input of the current pass
+        for p in range(len(self.dims_key)):
+            dk, dv = self.dims_key[p], self.dims_value[p]
+            if p == 0:
+                qkv = torch.cat(
+                    [self.proj_in[role](rows).view(B, rows.shape[1], self.n_heads, -1) for role, rows, _ in pieces], dim=1
+                ).transpose(1, 2)
+            else:
+                weights = self.pass_weights[p - 1]
+                qkv = torch.cat([zi @ weights[role].to(zi.dtype) for (role, _, _), zi in zip(pieces, z)], dim=2)
+            q, k, v = qkv.split((dk, dk, dv), dim=-1)
+            if len(self.rope):
+                q = self.rope[p].apply(q, positions)
+                k = self.rope[p].apply(k, positions)
+            if cache is not None:
+                k = torch.cat((cache[p][0], k), dim=2)
+                v = torch.cat((cache[p][1], v), dim=2)
+            attended = causal_attention(
+                q, k, v, self.scales[p], dropout_p, self.cope[p] if len(self.cope) else None, backend
+            )
+            if not finish:
+                new_cache.append((k, v))
+            z = list(attended.split([rows.shape[1] for _, rows, _ in pieces], dim=2))
+
+        by_role = {role: zi for (role, _, _), zi in zip(pieces, z)}
+        y = self.proj_out(by_role["segment"].transpose(1, 2).reshape(B, n, -1))
+        next_state = None
+        if finish:
+            if S > 0:
+                next_state = self.proj_state(by_role["write"].transpose(1, 2).reshape(B, S, -1))
+            else:
+                next_state = state
+        return ARCOutput(y, None if finish else tuple(new_cache), next_state)
+
+
+class ARCformer(nn.Module):
+    """One Om layer: pre-norm ARC and MLP with residuals, plus a learned initial state (S, D).
+
+    `forward(x, state, offset) -> (y, next_state)`: x (B, L, D) one whole segment, state (B, S, D)
+    -> y (B, L, D), next_state (B, S, D). `extend` continues a partial segment (see `ARC.extend`).
+
+    Pre-norm (rather than the original post-norm) keeps the residual stream unnormalised, which
+    trains stably without warm-up tricks; the state is normalised where it is read, so the raw
+    state stays a bounded attention output and never accumulates across segments.
+    """
+
+    def __init__(self, config: OmConfig):
+        super().__init__()
+        c = config
+        self.norm_attn = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.norm_state = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.norm_mlp = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.arc = ARC(c)
+        self.mlp_in = nn.Linear(c.dim, c.mlp_hidden, bias=False)
+        self.mlp_out = nn.Linear(c.mlp_hidden, c.dim, bias=False)
+        self.dropout = nn.Dropout(c.dropout)
+        self.initial_state = nn.Parameter(torch.randn(c.state_len, c.dim) * c.init_std)
+
+    def forward(self, x: Tensor, state: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
+        out = self.extend(x, state, offset, cache=None, finish=True)
+        return out.y, out.next_state
+
+    def extend(self, x: Tensor, state: Tensor, offset: int, cache: SegmentCache | None, finish: bool) -> ARCOutput:
+        out = self.arc.extend(self.norm_attn(x), self.norm_state(state), offset, cache, finish)
+        h = x + self.dropout(out.y)
+        y = h + self.dropout(self.mlp_out(F.gelu(self.mlp_in(self.norm_mlp(h)))))
+        next_state = out.next_state
+        if finish and self.arc.state_len == 0:
+            next_state = state
+        return ARCOutput(y, out.cache, next_state)

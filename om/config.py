@@ -1,0 +1,114 @@
+"""`OmConfig`: every hyperparameter of an Om model, validated, and round-tripped through JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Positional = Literal["rope", "cope", "rope+cope", "none"]
+AttentionBackend = Literal["auto", "sdpa", "xformers"]
+
+
+class OmConfig(BaseModel):
+    """Hyperparameters of an `OmLLM`.
+
+    Unknown keys are refused, so a typo in a recipe or a config.json is an error, not a silent
+    default. `dims_key[p]` / `dims_value[p]` are the per-head query/key and value widths of memory
+    pass p; there are `len(dims_key)` passes.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    vocab_size: int = Field(256, ge=1, description="number of token ids the model reads and predicts")
+    dim: int = Field(256, ge=1, description="model width D")
+    n_layers: int = Field(4, ge=1, description="number of ARCformer layers")
+    n_heads: int = Field(4, ge=1, description="attention heads per pass")
+    dims_key: list[int] = Field(default_factory=lambda: [64, 32], min_length=1, description="per-head query/key width of each memory pass")
+    dims_value: list[int] = Field(default_factory=lambda: [64, 32], min_length=1, description="per-head value width of each memory pass")
+    attn_scales: list[float] | None = Field(None, description="softmax scale per pass (default 1/sqrt(dims_key[p]))")
+    mlp_ratio: float = Field(4.0, gt=0, description="MLP hidden width as a multiple of dim")
+    segment_len: int = Field(128, ge=1, description="segment length L (positions per recurrent step)")
+    state_len: int = Field(16, ge=0, description="state length S per layer (0 turns the memory off)")
+    stem_kernels: list[int] = Field(default_factory=lambda: [2, 3, 4], description="causal conv stem kernel widths ([] disables the stem)")
+    positional: Positional = Field("rope", description="rope | cope | rope+cope | none")
+    rope_base: float = Field(10000.0, gt=1.0)
+    rope_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of each head's q/k dims that RoPE rotates")
+    cope_max_positions: int | None = Field(None, ge=2, description="CoPE position table size (default 2*state_len + segment_len)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on attention weights and residual branches (training only)")
+    tie_embeddings: bool = True
+    norm_eps: float = Field(1e-5, gt=0.0)
+    init_std: float = Field(0.02, gt=0.0)
+    vocab_multiple: int = Field(64, ge=1, description="embedding/head rows are padded to a multiple of this")
+    attention_backend: AttentionBackend = "auto"
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> "OmConfig":
+        if len(self.dims_key) != len(self.dims_value):
+            raise ValueError(
+                f"dims_key has {len(self.dims_key)} passes but dims_value has {len(self.dims_value)}; they must match"
+            )
+        if any(d < 1 for d in self.dims_key + self.dims_value):
+            raise ValueError("dims_key and dims_value entries must be >= 1")
+        if self.attn_scales is not None and len(self.attn_scales) != len(self.dims_key):
+            raise ValueError(f"attn_scales needs one entry per pass ({len(self.dims_key)})")
+        if "rope" in self.positional:
+            for d in self.dims_key:
+                if self.rotary_dims(d) < 2:
+                    raise ValueError(f"dims_key entry {d} leaves no pair of dims to rotate with rope_fraction={self.rope_fraction}")
+        if any(k < 1 for k in self.stem_kernels):
+            raise ValueError(f"stem_kernels must be >= 1, got {self.stem_kernels}")
+        return self
+
+    # Derived quantities -------------------------------------------------------------------------
+    @property
+    def n_passes(self) -> int:
+        return len(self.dims_key)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.vocab_multiple
+        return ((self.vocab_size + m - 1) // m) * m
+
+    @property
+    def mlp_hidden(self) -> int:
+        return max(1, int(round(self.dim * self.mlp_ratio)))
+
+    @property
+    def stem_tail_len(self) -> int:
+        """Inputs of the previous chunk the stem needs to continue a stream: max(k) - 1."""
+        return max(self.stem_kernels, default=1) - 1
+
+    @property
+    def cope_positions(self) -> int:
+        return self.cope_max_positions or (2 * self.state_len + self.segment_len)
+
+    def rotary_dims(self, head_dim: int) -> int:
+        """How many of a head's q/k dims RoPE rotates (even, at most head_dim)."""
+        return int(head_dim * self.rope_fraction) // 2 * 2
+
+    def pass_scale(self, p: int) -> float:
+        if self.attn_scales is not None:
+            return float(self.attn_scales[p])
+        return 1.0 / math.sqrt(self.dims_key[p])
+
+    # JSON ---------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "OmConfig":
+        return cls.model_validate_json(text)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "OmConfig":
+        return cls.from_json(Path(path).read_text())
+
+    def to_dict(self) -> dict:
+        return json.loads(self.to_json())

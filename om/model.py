@@ -1,0 +1,98 @@
+"""`OmLLM`: embedding -> causal conv stem -> ARCformer layers -> norm -> head, streamed by segment."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from om.arc import ARCformer
+from om.config import OmConfig
+from om.state import OmState
+from om.stem import CausalConvStem
+
+
+class OmLLM(nn.Module):
+    """An Om language model over token ids (bytes, characters or SentencePiece pieces).
+
+    `forward(tokens, state=None) -> (logits, state)`: tokens (B, T) int64, any T >= 1, continuing
+    `state` (a fresh `init_state` when None) -> logits (B, T, vocab_size) and the state after the
+    last token. Splitting a stream into chunks and feeding them one after another gives the same
+    logits as one call (up to float rounding): the input is cut at segment boundaries, and a
+    partial segment is continued from the per-pass key/value cache in the state. Feeding one token
+    at a time therefore costs attention over at most S + L rows per pass per layer.
+    """
+
+    def __init__(self, config: OmConfig):
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(c.padded_vocab_size, c.dim)
+        self.stem = CausalConvStem(c.dim, c.stem_kernels)
+        self.layers = nn.ModuleList(ARCformer(c) for _ in range(c.n_layers))
+        self.norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.head = nn.Linear(c.dim, c.padded_vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if c.tie_embeddings:
+            self.head.weight = self.embed.weight
+        # Residual output projections scaled down with depth (GPT-2).
+        for layer in self.layers:
+            for proj in (layer.arc.proj_out, layer.mlp_out):
+                nn.init.normal_(proj.weight, std=c.init_std / math.sqrt(2 * c.n_layers))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    # ---------------------------------------------------------------------------------------------
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.embed.weight.numel()
+        return n
+
+    def init_state(self, batch_size: int) -> OmState:
+        """The state at the start of a stream: each layer's learned initial state, an empty stem tail."""
+        c, weight = self.config, self.embed.weight
+        return OmState(
+            layer_states=[layer.initial_state.unsqueeze(0).expand(batch_size, -1, -1) for layer in self.layers],
+            caches=[None] * c.n_layers,
+            stem_tail=weight.new_zeros(batch_size, self.stem.tail_len, c.dim),
+            offset=0,
+        )
+
+    def forward(self, tokens: Tensor, state: OmState | None = None) -> tuple[Tensor, OmState]:
+        if tokens.dim() != 2 or tokens.shape[1] < 1:
+            raise ValueError(f"tokens must have shape (B, T) with T >= 1, got {tuple(tokens.shape)}")
+        B, T = tokens.shape
+        if state is None:
+            state = self.init_state(B)
+        elif state.batch_size != B:
+            raise ValueError(f"state has batch size {state.batch_size} but tokens have {B}")
+        L = self.config.segment_len
+        x, stem_tail = self.stem(self.embed(tokens), state.stem_tail)
+        layer_states, caches = list(state.layer_states), list(state.caches)
+        offset, start, outputs = state.offset, 0, []
+        while start < T:
+            into_segment = offset % L
+            n = min(T - start, L - into_segment)
+            finish = into_segment + n == L
+            h = x[:, start : start + n]
+            for i, layer in enumerate(self.layers):
+                out = layer.extend(h, layer_states[i], offset, caches[i], finish)
+                h, caches[i] = out.y, out.cache
+                if finish:
+                    layer_states[i] = out.next_state
+            outputs.append(h)
+            start, offset = start + n, offset + n
+        h = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+        logits = self.head(self.norm(h))[..., : self.config.vocab_size]
+        return logits, OmState(layer_states, caches, stem_tail, offset)
+
+    def loss(self, tokens: Tensor, targets: Tensor, state: OmState | None = None) -> tuple[Tensor, OmState]:
+        """Mean next-token cross-entropy in nats: tokens, targets (B, T) -> (scalar, state)."""
+        logits, state = self(tokens, state)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()), state

@@ -1,0 +1,72 @@
+"""Position encodings for ARC's attention: rotary (RoPE) and contextual (CoPE)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class RoPEEmbeddings:
+    """Rotary position embeddings (Su et al. 2021).
+
+    Pair i of the rotated dims turns by angle position * theta_i with theta_i = base^(-2i/dim),
+    so theta_0 = 1 rad per position. With `fraction` < 1 only the first `fraction * dim` dims
+    (rounded down to an even number) rotate; the rest pass through.
+
+    `apply(x, positions)`: x (..., T, dim), positions (T,) integers (may be negative) ->
+    same shape and dtype as x. It has no parameters, so it is a plain object, not an nn.Module
+    (whose own `apply` it would shadow).
+    """
+
+    def __init__(self, dim: int, base: float = 10000.0, fraction: float = 1.0):
+        rot = int(dim * fraction) // 2 * 2
+        if rot < 2:
+            raise ValueError(f"RoPE needs at least 2 rotated dims, got dim={dim}, fraction={fraction}")
+        self.dim, self.rotary_dim, self.base = dim, rot, base
+        self.theta = base ** (-torch.arange(0, rot, 2, dtype=torch.float64) / rot)
+
+    def angles(self, positions: Tensor) -> Tensor:
+        """(T,) positions -> (T, rotary_dim/2) rotation angles, in float64 so large offsets stay exact."""
+        return positions.to(torch.float64)[:, None] * self.theta.to(positions.device)[None, :]
+
+    def apply(self, x: Tensor, positions: Tensor) -> Tensor:
+        ang = self.angles(positions.to(x.device))
+        cos = ang.cos().to(x.dtype)
+        sin = ang.sin().to(x.dtype)
+        rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+        return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+
+    __call__ = apply
+
+
+class CoPE(nn.Module):
+    """Contextual position encoding (Golovneva et al. 2024), strictly causal.
+
+    For query i and key j <= i, gate g_ij = sigmoid(logit_ij) is computed from logits that were
+    masked first (future keys get gate exactly 0), and the position p_ij = sum_{k=j..i} g_ik counts
+    only keys from j to i. p is clamped to `max_positions - 1` and its embedding is interpolated
+    between the two nearest integer positions; the result q_i . e(p_ij) is an additive logit bias.
+
+    `forward(q, logits, allowed)`: q (B, H, Tq, d), logits (B, H, Tq, Tk) scaled attention logits,
+    allowed (Tq, Tk) bool (True where key j is visible to query i) -> bias (B, H, Tq, Tk).
+    """
+
+    def __init__(self, head_dim: int, max_positions: int, init_std: float = 0.02):
+        super().__init__()
+        self.max_positions = max_positions
+        self.pos_emb = nn.Parameter(torch.randn(max_positions, head_dim) * init_std)
+
+    def forward(self, q: Tensor, logits: Tensor, allowed: Tensor) -> Tensor:
+        gates = torch.sigmoid(logits.masked_fill(~allowed, float("-inf")))
+        # Reverse cumulative sum over keys: p_ij = sum_{k >= j} g_ik, and g_ik = 0 for k > i.
+        pos = gates.flip(-1).cumsum(-1).flip(-1).clamp(max=self.max_positions - 1)
+        lo = pos.floor()
+        frac = pos - lo
+        lo = lo.long()
+        hi = (lo + 1).clamp(max=self.max_positions - 1)
+        per_position = q @ self.pos_emb.to(q.dtype).t()  # (B, H, Tq, max_positions)
+        bias_lo = per_position.gather(-1, lo)
+        bias_hi = per_position.gather(-1, hi)
+        return bias_lo + frac.to(q.dtype) * (bias_hi - bias_lo)

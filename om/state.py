@@ -1,0 +1,92 @@
+"""`OmState`: everything needed to continue a stream, in bounded size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from om.arc import SegmentCache
+
+
+@dataclass
+class OmState:
+    """The state of an `OmLLM` after reading a prefix of a stream.
+
+    layer_states: one (B, S, D) tensor per layer, the state the layer reads in its current segment.
+    caches: one per layer, the per-pass keys/values of the unfinished segment's rows (None at a
+        segment boundary); at most S + L rows each.
+    stem_tail: (B, max(k)-1, D) the last embedded inputs, so the conv stem continues exactly.
+    offset: tokens consumed so far (the stream position of the next token).
+
+    Its size never depends on `offset`.
+    """
+
+    layer_states: list[Tensor]
+    caches: list[SegmentCache | None]
+    stem_tail: Tensor
+    offset: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.stem_tail.shape[0]
+
+    def tensors(self) -> list[Tensor]:
+        out = list(self.layer_states) + [self.stem_tail]
+        for cache in self.caches:
+            for k, v in cache or ():
+                out += [k, v]
+        return out
+
+    def num_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def _map(self, fn) -> "OmState":
+        return OmState(
+            layer_states=[fn(s) for s in self.layer_states],
+            caches=[None if c is None else tuple((fn(k), fn(v)) for k, v in c) for c in self.caches],
+            stem_tail=fn(self.stem_tail),
+            offset=self.offset,
+        )
+
+    def detach(self) -> "OmState":
+        return self._map(lambda t: t.detach())
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "OmState":
+        return self._map(lambda t: t.to(device=device, dtype=dtype))
+
+    def select(self, rows: Tensor | list[int]) -> "OmState":
+        """Keep only the given batch rows."""
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.stem_tail.device)
+        return self._map(lambda t: t.index_select(0, index))
+
+    def to_dict(self) -> dict[str, Tensor]:
+        """A flat dict of contiguous tensors (for safetensors)."""
+        d: dict[str, Tensor] = {
+            "offset": torch.tensor([self.offset], dtype=torch.int64),
+            "stem_tail": self.stem_tail,
+        }
+        for i, s in enumerate(self.layer_states):
+            d[f"layers.{i}.state"] = s
+            for p, (k, v) in enumerate(self.caches[i] or ()):
+                d[f"layers.{i}.cache.{p}.k"] = k
+                d[f"layers.{i}.cache.{p}.v"] = v
+        return {name: t.detach().contiguous() for name, t in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Tensor]) -> "OmState":
+        try:
+            offset = int(d["offset"].reshape(-1)[0])
+            n_layers = 1 + max(int(name.split(".")[1]) for name in d if name.startswith("layers."))
+            layer_states, caches = [], []
+            for i in range(n_layers):
+                layer_states.append(d[f"layers.{i}.state"])
+                cache, p = [], 0
+                while f"layers.{i}.cache.{p}.k" in d:
+                    cache.append((d[f"layers.{i}.cache.{p}.k"], d[f"layers.{i}.cache.{p}.v"]))
+                    p += 1
+                caches.append(tuple(cache) if cache else None)
+            return cls(layer_states, caches, d["stem_tail"], offset)
+        except (KeyError, ValueError, IndexError) as err:
+            raise ValueError(f"not a valid Om state dict: {err}") from None
