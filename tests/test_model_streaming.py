@@ -1,0 +1,109 @@
+"""Invariant 1 (exact streaming) and 5 (bounded memory), plus the state's dict round trip."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from om import OmState
+from tests.model_helpers import run_chunks, tiny_model
+
+CONFIGS = {
+    "rope": dict(positional="rope"),
+    "cope": dict(positional="cope"),
+    "rope+cope": dict(positional="rope+cope"),
+    "no-stem": dict(stem_kernels=[]),
+    "wide-stem": dict(stem_kernels=[2, 3, 4, 11]),  # tail longer than a segment
+    "no-memory": dict(state_len=0),
+    "three-passes": dict(dims_key=[8, 6, 4], dims_value=[8, 4, 6]),
+}
+MODELS = {name: tiny_model(seed=i, **cfg) for i, (name, cfg) in enumerate(CONFIGS.items())}
+
+
+def assert_states_equal(a: OmState, b: OmState, atol=1e-4):
+    da, db = a.to_dict(), b.to_dict()
+    assert da.keys() == db.keys()
+    for key in da:
+        assert da[key].shape == db[key].shape, key
+        assert torch.allclose(da[key], db[key], atol=atol, rtol=0), key
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    name=st.sampled_from(sorted(CONFIGS)),
+    length=st.integers(1, 45),
+    data=st.data(),
+)
+def test_chunked_equals_one_call(name, length, data):
+    model = MODELS[name]
+    cuts = data.draw(st.lists(st.integers(1, max(1, length - 1)), max_size=6, unique=True).map(sorted))
+    cuts = [c for c in cuts if c < length]
+    tokens = torch.randint(0, model.config.vocab_size, (2, length), generator=torch.Generator().manual_seed(length))
+    with torch.no_grad():
+        whole, whole_state = model(tokens)
+        chunked, chunked_state = run_chunks(model, tokens, cuts)
+    assert chunked.shape == (2, length, model.config.vocab_size)
+    assert (whole - chunked).abs().max().item() <= 1e-4
+    assert_states_equal(whole_state, chunked_state)
+    assert whole_state.offset == chunked_state.offset == length
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_one_token_at_a_time_equals_one_call(name):
+    model = MODELS[name]
+    tokens = torch.randint(0, model.config.vocab_size, (3, 29), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole, _ = model(tokens)
+        stepped, _ = run_chunks(model, tokens, list(range(1, 29)))
+    assert (whole - stepped).abs().max().item() <= 1e-4
+
+
+def test_streaming_continues_from_a_saved_state_dict():
+    model = MODELS["rope+cope"]
+    tokens = torch.randint(0, model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        whole, _ = model(tokens)
+        _, state = model(tokens[:, :13])  # mid-segment: the cache is part of the state
+        restored = OmState.from_dict({k: v.clone() for k, v in state.to_dict().items()})
+        rest, _ = model(tokens[:, 13:], restored)
+    assert restored.offset == 13
+    assert (whole[:, 13:] - rest).abs().max().item() <= 1e-4
+
+
+def test_state_size_does_not_grow_with_tokens_consumed():
+    model = MODELS["rope"]
+    L, S = model.config.segment_len, model.config.state_len
+    sizes_by_phase = {}
+    state = None
+    with torch.no_grad():
+        for step in range(20 * L + 3):
+            _, state = model(torch.tensor([[step % 50]]), state)
+            phase = state.offset % L
+            sizes_by_phase.setdefault(phase, set()).add(state.num_bytes())
+            for cache in state.caches:
+                for k, v in cache or ():
+                    assert k.shape[2] <= S + L and v.shape[2] <= S + L
+    # Same position within a segment -> same size, however many segments came before.
+    assert all(len(sizes) == 1 for sizes in sizes_by_phase.values())
+    # And one bound for all phases: a segment's worth of cached rows at most.
+    assert max(max(s) for s in sizes_by_phase.values()) < 20 * L * model.config.dim * 4
+
+
+def test_state_detach_and_select():
+    model = tiny_model(seed=3)
+    model.train(False)
+    tokens = torch.randint(0, model.config.vocab_size, (3, 11))
+    logits, state = model(tokens)
+    assert all(t.requires_grad for t in state.layer_states)
+    detached = state.detach()
+    assert not any(t.requires_grad for t in detached.tensors())
+    picked = detached.select([2, 0])
+    assert picked.batch_size == 2
+    assert torch.equal(picked.stem_tail[0], detached.stem_tail[2])
+    with pytest.raises(ValueError, match="batch size"):
+        model(tokens[:2], detached)
+
+
+def test_from_dict_rejects_garbage():
+    with pytest.raises(ValueError, match="not a valid Om state"):
+        OmState.from_dict({"stem_tail": torch.zeros(1)})
