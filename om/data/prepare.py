@@ -1,0 +1,416 @@
+"""`prepare_dataset`: documents in; train.bin, val.bin, meta.json and the codec's files out.
+
+Memory stays bounded: inputs are read in chunks, hashed and encoded in the same pass and appended
+to the .bin files. The chars codec reads the training text twice (count, then encode); SentencePiece
+trains on a bounded sample. Codecs that read twice copy stdin/pipes to a spool file first.
+Everything is written into a temporary folder that replaces DIR only at the very end.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable
+
+import numpy as np
+
+from om.data.codecs import BytesCodec, CharCounter, CharsCodec, Codec, check_codec_name
+from om.data.dataset import FORMAT_VERSION, META_FILE, SPLITS
+from om.data.outdir import AtomicFolder
+from om.data.progress import ProgressEvent, RichProgress
+from om.data.sources import Source, read_at, read_chunks, resolve_inputs
+from om.data.split import SplitPlan, check_val_fraction, plan_split, tail_cut
+from om.data.utf8 import Utf8Decoder, check_errors
+from om.errors import OmUserError
+
+DEFAULT_VAL_FRACTION = 0.1
+CHUNK_SIZES = {"bytes": 8 << 20, "chars": 2 << 20, "sentencepiece": 1 << 20}
+SAMPLE_BYTES = 1 << 20  # SentencePiece trains on at most this much text (training time grows fast)...
+SAMPLE_WINDOW = 32 << 10  # ...taken as windows this long, spread evenly over the training split
+
+
+class _SplitWriter:
+    """Appends ids to one .bin file, joining documents with doc_sep, and counts what it wrote."""
+
+    def __init__(self, path: Path, codec: Codec) -> None:
+        self.path = path
+        self.tokens = self.bytes = self.docs = self.seps = 0
+        self._sep = np.array([codec.doc_sep_id], dtype=codec.dtype)
+        self._file = open(path, "wb", buffering=1 << 20)
+
+    def start_document(self) -> None:
+        if self.docs:
+            self.write(self._sep, 0)
+            self.seps += 1
+        self.docs += 1
+
+    def write(self, ids: np.ndarray, nbytes: int) -> None:
+        if ids.size:
+            self._file.write(memoryview(np.ascontiguousarray(ids)).cast("B"))
+            self.tokens += int(ids.size)
+        self.bytes += nbytes
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Run:
+    """One prepare run: the state shared by its passes."""
+
+    def __init__(self, sources, folder: Path, codec_name, errors, report, stdin, chunk_size) -> None:
+        self.sources: list[Source] = sources
+        self.folder = folder
+        self.codec_name = codec_name
+        self.errors = errors
+        self.report: Callable[[str, int, int | None], None] = report
+        self.stdin = stdin
+        self.chunk = chunk_size or CHUNK_SIZES[codec_name]
+
+    # -- pass 0: streams to disk, for codecs that read their input twice ---------------------------
+    def spool_streams(self) -> None:
+        for i, src in enumerate(self.sources):
+            if not src.stream:
+                continue
+            path = self.folder / f".spool-{i}"
+            done = 0
+            with open(path, "wb") as f:
+                for chunk in read_chunks(src, self.chunk, self.stdin):
+                    f.write(chunk)
+                    done += len(chunk)
+                    self.report("spool", done, None)
+            src.spool, src.size = path, done
+            self.report("spool", done, done)
+
+    def check_not_empty(self, total: int) -> None:
+        if total == 0:
+            names = ", ".join(s.name for s in self.sources[:3]) + (", ..." if len(self.sources) > 3 else "")
+            raise OmUserError(f"no input bytes: every input is empty ({names})")
+
+    def train_segments(self, plan: SplitPlan) -> list[tuple[int, int]]:
+        """(source index, bytes to read from its start) for the training text; sizes must be known."""
+        if plan.method == "documents":
+            return [(i, s.size) for i, s in enumerate(self.sources) if s.size and i not in plan.val]
+        total = sum(s.size or 0 for s in self.sources)
+        left = tail_cut(total, plan.val_fraction) if plan.method == "tail" else total
+        segments = []
+        for i, s in enumerate(self.sources):
+            if left <= 0:
+                break
+            if s.size:
+                segments.append((i, min(s.size, left)))
+                left -= s.size
+        return segments
+
+    # -- pass 1: the codec ---------------------------------------------------------------------
+    def count_chars(self, plan: SplitPlan, vocab_size: int | None) -> CharsCodec:
+        counter = CharCounter()
+        segments = self.train_segments(plan)
+        total, done = sum(n for _, n in segments), 0
+        for i, length in segments:
+            src = self.sources[i]
+            decoder, left = Utf8Decoder(self.errors, src.name), length
+            for chunk in read_chunks(src, self.chunk, self.stdin):
+                if len(chunk) > left:
+                    chunk = chunk[:left]
+                counter.update(decoder.decode(chunk))
+                left -= len(chunk)
+                done += len(chunk)
+                self.report("count", done, total)
+                if left <= 0:
+                    break
+            if length == src.size:
+                counter.update(decoder.decode(b"", final=True))
+        return CharsCodec.from_counts(counter.counts, vocab_size)
+
+    def sample_lines(self, plan: SplitPlan, budget: int) -> list[str]:
+        from om.data.spm import text_lines
+
+        segments = self.train_segments(plan)
+        total = sum(n for _, n in segments)
+        lines: list[str] = []
+        if total <= budget:
+            done = 0
+            for i, length in segments:
+                src = self.sources[i]
+                data = read_at(src, 0, length)
+                lines.extend(text_lines(Utf8Decoder(self.errors, src.name).decode(data, final=length == src.size)))
+                done += length
+                self.report("sample", done, total)
+            return lines
+        starts = np.cumsum([0] + [n for _, n in segments])
+        windows = max(1, budget // SAMPLE_WINDOW)
+        for w in range(windows):
+            pos = w * total // windows
+            k = bisect.bisect_right(starts, pos) - 1
+            i, length = segments[k]
+            offset = pos - int(starts[k])
+            data = read_at(self.sources[i], offset, min(SAMPLE_WINDOW, length - offset))
+            text = data.decode("utf-8", "replace")
+            # Keep whole lines only, unless the window touches the document's start or end.
+            if offset > 0:
+                text = text[text.find("\n") + 1 :] if "\n" in text else ""
+            if offset + len(data) < length:
+                text = text[: text.rfind("\n") + 1]
+            lines.extend(text_lines(text))
+            self.report("sample", (w + 1) * total // windows, total)
+        return lines
+
+    # -- pass 2: encode ------------------------------------------------------------------------
+    def encode(self, codec: Codec, plan: SplitPlan) -> tuple[dict[str, _SplitWriter], list[tuple[int, int]], int]:
+        """Encode every source into its split's writer; return writers, checkpoints, total bytes.
+
+        Checkpoints (tokens written, stream bytes they cover) let the tail split find its cut
+        without reading the whole stream again.
+        """
+        writers = {name: _SplitWriter(self.folder / file, codec) for name, file in SPLITS.items()}
+        known = all(s.size is not None for s in self.sources)
+        total = sum(s.size or 0 for s in self.sources) if known else None
+        checkpoints = [(0, 0)]
+        track = plan.method == "tail"
+        consumed = 0
+        count = (lambda ids: int(ids.size)) if codec.name == "bytes" else codec.byte_count
+        try:
+            for i, src in enumerate(self.sources):
+                writer = writers[plan.split_of(i) if plan.method == "documents" else "train"]
+                encoder = codec.encoder(self.errors, source=src.name)
+                digest, size = hashlib.sha256(), 0
+                for chunk in read_chunks(src, self.chunk, self.stdin):
+                    if size == 0:
+                        writer.start_document()
+                    digest.update(chunk)
+                    size += len(chunk)
+                    consumed += len(chunk)
+                    ids = encoder.encode(chunk)
+                    writer.write(ids, count(ids))
+                    if track:
+                        checkpoints.append((writer.tokens, consumed - encoder.pending_bytes))
+                    self.report("encode", consumed, total)
+                if size:
+                    ids = encoder.encode(b"", final=True)
+                    writer.write(ids, count(ids))
+                    if track:
+                        checkpoints.append((writer.tokens, consumed))
+                src.size, src.sha256 = size, digest.hexdigest()
+        finally:
+            for writer in writers.values():
+                writer.close()
+        if total is None:  # a stream's size is known only now: complete the bar
+            self.report("encode", consumed, consumed)
+        return writers, checkpoints, consumed
+
+    def cut_tail(self, codec: Codec, writers: dict[str, _SplitWriter], checkpoints, total: int, val_fraction: float) -> int:
+        """Move the last `val_fraction` of the stream from train.bin to val.bin; return the cut byte.
+
+        Plain reads, not a memmap: mapped pages would count as resident memory on a huge input.
+        """
+        train, val = writers["train"], writers["val"]
+        cut_byte = tail_cut(total, val_fraction)
+        n, dtype, block = train.tokens, codec.dtype, 1 << 20
+
+        def read(f, start: int, count: int) -> np.ndarray:
+            f.seek(start * dtype.itemsize)
+            return np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype)
+
+        with open(train.path, "rb") as f:
+            # The last checkpoint at or before the cut, then token by token from there.
+            k = bisect.bisect_right([b for _, b in checkpoints], cut_byte) - 1
+            cut, covered = checkpoints[k]
+            while covered < cut_byte and cut < n:
+                lengths = codec._byte_lengths[read(f, cut, block)].astype(np.int64)
+                running = covered + np.cumsum(lengths)
+                j = int(np.searchsorted(running, cut_byte, side="left"))
+                if j < lengths.size:
+                    cut, covered = cut + j + 1, int(running[j])
+                    break
+                cut, covered = cut + lengths.size, int(running[-1])
+            # A doc_sep at the cut belongs to neither side.
+            sep = codec.doc_sep_id
+            train_end, val_start = cut, cut
+            if train_end > 0 and read(f, train_end - 1, 1)[0] == sep:
+                train_end -= 1
+            if val_start < n and read(f, val_start, 1)[0] == sep:
+                val_start += 1
+            seps_after = val_bytes = 0
+            with open(val.path, "wb", buffering=1 << 20) as out:
+                for start in range(train_end, n, block):
+                    part = read(f, start, min(block, n - start))
+                    seps_after += int(np.count_nonzero(part == sep))
+                    keep = part[max(0, val_start - start) :]
+                    val_bytes += int(np.count_nonzero(keep < 256)) if codec.name == "bytes" else codec.byte_count(keep)
+                    out.write(memoryview(keep).cast("B"))
+        os.truncate(train.path, train_end * dtype.itemsize)
+        val_seps = seps_after - (val_start - train_end)
+        val.tokens, val.bytes = n - val_start, val_bytes
+        val.seps, val.docs = (val_seps, val_seps + 1) if val.tokens else (0, 0)
+        train.tokens, train.bytes = train_end, train.bytes - val_bytes
+        train.seps -= seps_after
+        train.docs = train.seps + 1 if train.tokens else 0
+        return cut_byte
+
+
+def _source_splits(sources: list[Source], plan: SplitPlan, cut_byte: int | None) -> list[str]:
+    if plan.method == "documents":
+        return [plan.split_of(i) if s.size else "none" for i, s in enumerate(sources)]
+    splits, start = [], 0
+    for s in sources:
+        end = start + (s.size or 0)
+        if not s.size:
+            splits.append("none")
+        elif cut_byte is None or end <= cut_byte:
+            splits.append("train")
+        elif start >= cut_byte:
+            splits.append("val")
+        else:
+            splits.append("train+val")
+        start = end
+    return splits
+
+
+def _reporter(progress) -> tuple[Callable[[str, int, int | None], None], object]:
+    """A report(stage, done, total) function and, for progress=True, the rich bar to start/stop."""
+    if progress is True:
+        bar = RichProgress()
+        return (lambda stage, done, total: bar(ProgressEvent(stage, done, total))), bar
+    if callable(progress):
+        return (lambda stage, done, total: progress(ProgressEvent(stage, done, total))), None
+    return (lambda stage, done, total: None), None
+
+
+def prepare_dataset(
+    inputs: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    codec: str = "bytes",
+    vocab_size: int | None = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    force: bool = False,
+    errors: str = "strict",
+    progress: bool | Callable[[ProgressEvent], None] | None = None,
+    command_line: str | None = None,
+    *,
+    sp_model_type: str = "unigram",
+    sample_bytes: int = SAMPLE_BYTES,
+    chunk_size: int | None = None,
+    stdin: BinaryIO | None = None,
+) -> dict:
+    """Turn documents into a dataset folder; return its meta (also written as meta.json).
+
+    inputs: files, folders (walked) and "-" (stdin, or the `stdin` stream given). codec: "bytes",
+    "chars" or "sentencepiece"; vocab_size counts every id, specials included (defaults: 257, 4096,
+    1024). val_fraction in [0, 1) (default 0.1). errors: "strict" (invalid UTF-8 is an error for
+    chars/sentencepiece) or "replace" (U+FFFD). progress: None/False (silent), True (a rich bar on
+    stderr) or a callable receiving ProgressEvent. Raises OmUserError for anything the user can fix.
+    """
+    check_codec_name(codec)
+    check_errors(errors)
+    val_fraction = check_val_fraction(val_fraction)
+    if vocab_size is not None:
+        try:
+            valid = not isinstance(vocab_size, bool) and int(vocab_size) == vocab_size
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise OmUserError(f"--vocab-size {vocab_size!r} is not an integer")
+        vocab_size = int(vocab_size)
+    if codec == "bytes":
+        BytesCodec(vocab_size)  # validates the size
+    elif codec == "chars":
+        CharsCodec.check_vocab_size(CharsCodec.DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size)
+    else:
+        from om.data.spm import check_options
+
+        check_options(vocab_size, sp_model_type)
+    out = Path(out_dir)
+    sources = resolve_inputs(inputs, include, exclude, out)
+    report, bar = _reporter(progress)
+    with AtomicFolder(out, force) as folder:
+        assert folder.path is not None
+        if bar is not None:
+            bar.__enter__()
+        try:
+            meta = _prepare(folder.path, sources, codec, vocab_size, val_fraction, errors, report, stdin,
+                            chunk_size, sp_model_type, sample_bytes, command_line)
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+        folder.commit()
+    return meta
+
+
+def _prepare(tmp, sources, codec_name, vocab_size, val_fraction, errors, report, stdin, chunk_size,
+             sp_model_type, sample_bytes, command_line) -> dict:
+    run = _Run(sources, tmp, codec_name, errors, report, stdin, chunk_size)
+    if codec_name != "bytes":
+        run.spool_streams()
+    if all(s.size is not None for s in sources):
+        run.check_not_empty(sum(s.size for s in sources))
+    plan = plan_split(sources, val_fraction)
+
+    if codec_name == "bytes":
+        codec: Codec = BytesCodec(vocab_size)
+    elif codec_name == "chars":
+        codec = run.count_chars(plan, vocab_size)
+    else:
+        from om.data.spm import SentencePieceCodec
+
+        lines = run.sample_lines(plan, sample_bytes)
+        sampled = sum(len(line.encode("utf-8")) for line in lines)
+        report("train", 0, None)
+        codec = SentencePieceCodec.train(lines, vocab_size, sp_model_type)
+        report("train", sampled, sampled)
+        del lines
+
+    writers, checkpoints, total = run.encode(codec, plan)
+    run.check_not_empty(total)
+    cut_byte = None
+    if plan.method == "tail":
+        report("split", 0, None)
+        cut_byte = run.cut_tail(codec, writers, checkpoints, total, val_fraction)
+        report("split", writers["val"].bytes, writers["val"].bytes)
+    for s in sources:
+        if s.spool is not None:
+            s.spool.unlink()
+    codec_files = codec.save(tmp)
+
+    split_info: dict = {"method": plan.method, "val_fraction": val_fraction}
+    if plan.method == "tail":
+        split_info["cut_byte"] = cut_byte
+    elif plan.method == "documents":
+        split_info["val_documents"] = len(plan.val)
+    meta = {
+        "format": "om-dataset",
+        "format_version": FORMAT_VERSION,
+        "codec": codec.name,
+        "codec_files": codec_files,
+        "vocab_size": codec.vocab_size,
+        "special_ids": dict(codec.special_ids),
+        "dtype": codec.dtype.name,
+        "byte_order": "little",
+        "errors": errors,
+        "splits": {
+            name: {"file": w.path.name, "tokens": w.tokens, "bytes": w.bytes, "documents": w.docs}
+            for name, w in writers.items()
+        },
+        "split": split_info,
+        "input_bytes": total,
+        "sources": [
+            {"path": s.name, "bytes": s.size, "sha256": s.sha256, "split": split}
+            for s, split in zip(sources, _source_splits(sources, plan, cut_byte))
+        ],
+        "command_line": command_line,
+    }
+    if codec.name == "sentencepiece":
+        meta["sentencepiece"] = {"model_type": sp_model_type, "sample_bytes": sample_bytes}
+    (tmp / META_FILE).write_text(_meta_json(meta), encoding="utf-8")
+    return meta
+
+
+def _meta_json(meta: dict) -> str:
+    """meta as indented JSON with one line per source (fast for many thousands of sources)."""
+    head = json.dumps({k: v for k, v in meta.items() if k != "sources"}, indent=2, ensure_ascii=False)
+    sources = ",\n".join("    " + json.dumps(s, ensure_ascii=False) for s in meta["sources"])
+    return head[: -len("\n}")] + ',\n  "sources": [\n' + sources + "\n  ]\n}\n"
