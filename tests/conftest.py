@@ -1,6 +1,4 @@
-import os
-
 import torch
 
-# Tests are small; two threads match the CI machine and avoid oversubscription.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Test models are tiny: one thread avoids synchronisation overhead and oversubscription.
+torch.set_num_threads(1)

@@ -1,0 +1,269 @@
+"""Incremental generation: one token at a time through the model state and per-pass key/value cache.
+
+The prompt is fed once (in windows), then each generated token is fed alone, continuing the
+state, so the cost per generated token is attention over at most S + L rows per pass per layer,
+whatever came before.
+
+Conventions:
+- The stream starts from the document separator (or from a saved `StreamContext`), then the
+  prompt; an empty prompt is allowed.
+- Generating the document separator ends the generation (the document is over); other special ids
+  are never generated.
+- `max_bytes` caps the output; a token whose bytes would pass the cap ends the generation and is
+  not printed, so chars/SentencePiece output is never cut inside a character.
+- `stop`: generation ends as soon as the output contains this byte string; the stop string itself
+  is not emitted, everything before it is. Bytes that might begin the stop string are held back
+  until that is decided.
+- temperature 0 is greedy (argmax, first index on ties), and so is any temperature below 1e-4. Otherwise logits / temperature, then
+  top-k (0 = off), then top-p (nucleus: the smallest set of most likely tokens whose probability
+  reaches p; 1 = off), then a draw from a `torch.Generator` seeded with `seed` (same seed, same
+  output; None draws a seed from the OS).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from om.context_cache import StreamContext
+from om.errors import OmUserError
+from om.evaluate import default_window, feed
+
+MAX_TEMPERATURE = 100.0
+MAX_TOP_K = 1_000_000
+MAX_BYTES = 1_000_000_000
+MAX_SEED = 2**63 - 1
+GREEDY_BELOW = 1e-4
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Sampling flags; `validate()` raises `OmUserError` naming the flag and value."""
+
+    max_bytes: int = 256
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: bytes | None = None
+
+    def validate(self) -> "SamplingOptions":
+        t = self.temperature
+        if not isinstance(t, (int, float)) or not math.isfinite(t) or not 0 <= t <= MAX_TEMPERATURE:
+            raise OmUserError(f"--temperature {t}: must be a number from 0 (greedy) to {MAX_TEMPERATURE:g}")
+        if not 0 <= self.top_k <= MAX_TOP_K:
+            raise OmUserError(f"--top-k {self.top_k}: must be from 0 (off) to {MAX_TOP_K}")
+        p = self.top_p
+        if not isinstance(p, (int, float)) or not math.isfinite(p) or not 0 < p <= 1:
+            raise OmUserError(f"--top-p {p}: must be in (0, 1] (1 = off)")
+        if not 0 <= self.max_bytes <= MAX_BYTES:
+            raise OmUserError(f"--max-bytes {self.max_bytes}: must be from 0 to {MAX_BYTES}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise OmUserError(f"--seed {self.seed}: must be from 0 to 2^63-1")
+        if self.stop is not None and len(self.stop) == 0:
+            raise OmUserError("--stop: must not be empty")
+        return self
+
+
+def next_token(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None) -> int:
+    """Pick one id from float32 logits (V,) (disallowed ids already at -inf)."""
+    if options.temperature < GREEDY_BELOW:  # dividing by a tiny temperature would overflow to inf
+        return int(torch.argmax(logits))
+    logits = logits / options.temperature
+    if 0 < options.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, options.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if options.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass of the more likely tokens
+        sorted_probs = sorted_probs.masked_fill(before >= options.top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _incomplete_utf8_tail(data: bytes) -> int:
+    """How many trailing bytes of `data` are an unfinished UTF-8 sequence (0 to 3)."""
+    for back in range(1, min(4, len(data)) + 1):
+        b = data[-back]
+        if b & 0xC0 != 0x80:  # a lead byte (or ASCII)
+            need = 2 if b & 0xE0 == 0xC0 else 3 if b & 0xF0 == 0xE0 else 4 if b & 0xF8 == 0xF0 else 1
+            return back if need > back else 0
+    return 0
+
+
+class TokenDecoder:
+    """Turns generated ids into bytes one at a time, in constant work per token.
+
+    Every Om codec decodes an id to a fixed byte string (SentencePiece pieces included, spaces
+    restored), so each id is decoded on its own. For chars and SentencePiece models the output is
+    UTF-8: an unfinished sequence (from SentencePiece byte pieces) is held back until complete,
+    and invalid bytes become U+FFFD.
+    """
+
+    def __init__(self, codec):
+        self.codec = codec
+        self.utf8 = codec.name != "bytes"
+        self.held = b""
+
+    def push(self, token: int) -> bytes:
+        out = bytes(self.codec.decode(np.array([token], dtype=np.int64)))
+        if not self.utf8:
+            return out
+        out = self.held + out
+        keep = _incomplete_utf8_tail(out)
+        out, self.held = (out[: len(out) - keep], out[len(out) - keep :]) if keep else (out, b"")
+        return _valid_utf8(out)
+
+    def flush(self) -> bytes:
+        """What is held back at the end (an unfinished sequence becomes U+FFFD)."""
+        out, self.held = self.held, b""
+        return _valid_utf8(out)
+
+
+def _valid_utf8(data: bytes) -> bytes:
+    try:
+        data.decode("utf-8")
+        return data
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace").encode("utf-8")
+
+
+def special_ids(codec) -> list[int]:
+    """The codec's special ids as a list (`Codec.special_ids` maps names to ids)."""
+    ids = codec.special_ids
+    return [int(i) for i in (ids.values() if isinstance(ids, dict) else ids)]
+
+
+def _longest_prefix_suffix(data: bytes, stop: bytes) -> int:
+    """Length of the longest suffix of `data` that is a proper prefix of `stop`."""
+    for k in range(min(len(data), len(stop) - 1), 0, -1):
+        if data.endswith(stop[:k]):
+            return k
+    return 0
+
+
+def encode_prompt(codec, prompt: bytes, errors: str = "strict") -> np.ndarray:
+    """Encode prompt bytes (strict: invalid UTF-8 for a chars model is an `OmUserError`)."""
+    if not prompt:
+        return np.zeros(0, dtype=np.int64)
+    return np.asarray(codec.encoder(errors=errors, source="prompt").encode(prompt, final=True), dtype=np.int64)
+
+
+def generate_ids(
+    model,
+    codec,
+    prompt_ids: np.ndarray,
+    options: SamplingOptions,
+    context: StreamContext | None = None,
+    end_at_separator: bool = True,
+) -> Iterator[int]:
+    """Yield generated token ids (no cap on count: the caller stops), ending at a separator.
+
+    With `end_at_separator=False` the separator is never generated (benchmarks use that to get a
+    generation of a fixed length). The model runs only when the next id is requested.
+    """
+    seed = options.seed if options.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+    generator = torch.Generator().manual_seed(seed)
+    context = context or StreamContext.fresh(codec)
+    sep = int(codec.doc_sep_id)
+    vocab = model.config.vocab_size
+    banned = [i for i in special_ids(codec) if (i != sep or not end_at_separator) and i < vocab]
+    if codec.name == "bytes":  # ids reserved above doc_sep stand for no byte
+        banned += [i for i in range(256, vocab) if i != sep]
+    banned_mask = torch.zeros(vocab, dtype=torch.bool)
+    banned_mask[banned] = True
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    # Inference mode is entered per call, never held across a yield (the caller's code runs there).
+    try:
+        with torch.inference_mode():
+            state = context.state_for(model, 1)
+            ids = np.concatenate((np.array([context.pending], dtype=np.int64), prompt_ids.astype(np.int64)))
+            state = feed(model, state, ids[:-1], default_window(model.config, 1))
+            logits, state = model(torch.tensor([[int(ids[-1])]], device=device), state)
+        while True:
+            last = logits[0, -1].float().cpu()
+            if banned:
+                last = last.masked_fill(banned_mask, float("-inf"))
+            token = next_token(last, options, generator)
+            if token == sep:
+                return
+            yield token
+            with torch.inference_mode():
+                logits, state = model(torch.tensor([[token]], device=device), state)
+    finally:
+        model.train(was_training)
+
+
+def generate(
+    model,
+    codec,
+    prompt: bytes = b"",
+    max_bytes: int = 256,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop: bytes | str | None = None,
+    context: StreamContext | None = None,
+    errors: str = "strict",
+    end_at_separator: bool = True,
+) -> Iterator[bytes]:
+    """Generate a continuation of `prompt` and yield its bytes as they are produced.
+
+    model: an `OmLLM`; codec: its `om.data.Codec`; context: continue a saved stream (`om cache`)
+    instead of starting a document. Yields non-empty byte strings whose concatenation is at most
+    `max_bytes` long. Options are validated and the prompt encoded (`errors`: "strict" or
+    "replace" for invalid UTF-8) before anything is yielded, both raising `OmUserError`.
+    end_at_separator=False: never generate the separator (always run to max_bytes or stop).
+    """
+    if isinstance(stop, str):
+        stop = stop.encode("utf-8")
+    options = SamplingOptions(max_bytes, temperature, top_k, top_p, seed, stop).validate()
+    prompt_ids = encode_prompt(codec, bytes(prompt), errors)
+    return _emit(model, codec, prompt_ids, options, context, end_at_separator)
+
+
+def _emit(model, codec, prompt_ids, options: SamplingOptions, context, end_at_separator: bool) -> Iterator[bytes]:
+    """Bytes of the generated ids, applying max_bytes and the stop string (see module docstring)."""
+    max_bytes, stop = options.max_bytes, options.stop
+    if max_bytes == 0:
+        return
+    decoder = TokenDecoder(codec)
+    produced, held = 0, b""
+    for token in generate_ids(model, codec, prompt_ids, options, context, end_at_separator):
+        piece = decoder.push(token)
+        if produced + len(piece) > max_bytes:
+            break
+        produced += len(piece)
+        if stop is None:
+            if piece:
+                yield piece
+        else:
+            held += piece
+            hit = held.find(stop)
+            if hit >= 0:
+                if hit:
+                    yield held[:hit]
+                return
+            keep = _longest_prefix_suffix(held, stop)
+            if len(held) > keep:
+                yield held[: len(held) - keep]
+                held = held[len(held) - keep :]
+        if produced == max_bytes:
+            break
+    else:
+        tail = decoder.flush()
+        if tail and produced + len(tail) <= max_bytes:
+            held += tail
+            if stop is not None and stop in held:
+                held = held[: held.find(stop)]
+    if held:
+        yield held

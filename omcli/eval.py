@@ -1,0 +1,117 @@
+"""`om eval CKPT [INPUT...]`: bits per byte over inputs of any length (see docs/eval-sample.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from omcli.common import user_errors
+
+CKPT_HELP = "Checkpoint folder, or a run folder (its latest checkpoint)."
+CACHE_HELP = "Start from the stream saved by `om cache` (made by the same checkpoint)."
+ERRORS_HELP = "Invalid UTF-8 for a chars/SentencePiece model: strict (error naming the offset) or replace (U+FFFD)."
+DEVICE_HELP = "Torch device: auto (cuda if available), cpu, cuda, cuda:1, ..."
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}"
+
+
+def _print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    if not console.is_terminal:  # piped: do not fold long input names at 80 columns
+        widest = max([len(str(r["name"])) for r in report["inputs"]] + [len(report["checkpoint"]["path"])])
+        console = Console(highlight=False, width=100 + widest)
+    head = report["headline"]
+    console.print(
+        f"[bold]{head} {_fmt(report[head])}[/bold]  "
+        f"({report['checkpoint']['path']}, {report['codec']['name']} codec, vocab {report['codec']['vocab_size']})"
+    )
+    table = Table(show_footer=True)
+    total = report
+    columns = [
+        ("input", "name", 0),
+        ("bytes", "bytes", 0),
+        ("tokens", "tokens", 0),
+        ("docs", "documents", 0),
+        ("bits/byte", "bits_per_byte", 4),
+        ("byte ppl", "byte_perplexity", 2),
+        ("bits/tok", "bits_per_token", 4),
+        ("tok ppl", "token_perplexity", 2),
+    ]
+
+    def cells(row: dict) -> list[str]:
+        return [str(row.get(key, "total")) if key == "name" else _fmt(row.get(key), digits) for _, key, digits in columns]
+
+    for (title, key, _), footer in zip(columns, cells(total)):
+        table.add_column(title, footer=footer, justify="left" if key == "name" else "right", overflow="fold")
+    for row in report["inputs"]:
+        table.add_row(*cells(row))
+    console.print(table)
+    if "by_position" in report:
+        seg = Table(title=f"by position (segments of {report['segment_len']} tokens)")
+        for title in ("segments", "bytes", "tokens", "bits/byte", "bits/token"):
+            seg.add_column(title, justify="right")
+        for b in report["by_position"]:
+            seg.add_row(b["segments"], _fmt(b["bytes"]), _fmt(b["tokens"]), _fmt(b["bits_per_byte"]), _fmt(b["bits_per_token"]))
+        console.print(seg)
+    console.print(
+        f"nll {_fmt(report['nll_nats'], 2)} nats, {_fmt(report['seconds'], 2)} s, "
+        f"{_fmt(report['bytes_per_second'], 0)} bytes/s, peak RSS {_fmt(report['peak_rss_mb'], 1)} MB"
+    )
+
+
+@user_errors("eval")
+def eval_command(
+    checkpoint: str = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
+    inputs: Optional[List[str]] = typer.Argument(
+        None, metavar="[INPUT]...", help="Files, folders or - (stdin), one stream each; default: the validation split of the checkpoint's dataset."
+    ),
+    bytes_headline: bool = typer.Option(False, "--bytes", help="Make bits per byte the headline for every codec."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Inputs evaluated side by side."),
+    by_position: bool = typer.Option(False, "--by-position", help="Also report bits per byte by segment index."),
+    context_cache: Optional[Path] = typer.Option(None, "--context-cache", help=CACHE_HELP),
+    errors: str = typer.Option("strict", "--errors", help=ERRORS_HELP),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+) -> None:
+    """Score inputs with a checkpoint: bits per byte, perplexities, speed and peak memory."""
+    from om.checkpoint import load_checkpoint
+    from om.context_cache import load_context
+    from om.evaluate import check_batch_size, check_errors, evaluate, resolve_device, validation_inputs
+
+    check_batch_size(batch_size)
+    check_errors(errors)
+    ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
+    context = load_context(context_cache, ckpt.fingerprint, ckpt.codec) if context_cache is not None else None
+    sources = list(inputs) if inputs else validation_inputs(ckpt)
+    result = evaluate(
+        ckpt.model, ckpt.codec, sources, batch_size=batch_size, context=context, by_position=by_position, errors=errors
+    )
+    report = result.to_dict()
+    headline = "bits_per_byte" if bytes_headline or ckpt.codec.name == "bytes" else "bits_per_token"
+    report = {
+        "headline": headline,
+        **report,
+        "checkpoint": {"path": str(ckpt.path), "fingerprint": ckpt.fingerprint},
+        "codec": {"name": ckpt.codec.name, "vocab_size": ckpt.codec.vocab_size},
+        "context_cache": str(context_cache) if context_cache is not None else None,
+        "segment_len": ckpt.config.segment_len,
+        "batch_size": batch_size,
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        sys.stdout.flush()
+    else:
+        _print_table(report)

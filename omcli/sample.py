@@ -1,0 +1,90 @@
+"""`om sample CKPT`: stream a continuation as raw bytes to stdout (see docs/eval-sample.md)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from omcli.common import stderr, user_errors
+from omcli.eval import CACHE_HELP, CKPT_HELP, DEVICE_HELP, ERRORS_HELP
+
+
+def _read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> bytes:
+    from om.errors import OmUserError
+
+    if prompt is not None and prompt_file is not None:
+        raise OmUserError("--prompt and --prompt-file: give one or the other")
+    if prompt is not None:
+        return os.fsencode(prompt)  # the argument's original bytes, even if not valid UTF-8
+    if prompt_file is not None:
+        if not prompt_file.is_file():
+            what = "not a regular file" if prompt_file.exists() else "no such prompt file"
+            raise OmUserError(f"{prompt_file}: {what}")
+        return prompt_file.read_bytes()
+    stdin = sys.stdin
+    if stdin is None or stdin.isatty():
+        return b""  # nothing piped in: an empty prompt rather than waiting on the terminal
+    return stdin.buffer.read()
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe: point stdout at /dev/null so the interpreter's final flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real file descriptor (tests); nothing to silence
+
+
+@user_errors("sample")
+def sample_command(
+    checkpoint: str = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt text (default: --prompt-file, else stdin if piped, else empty)."),
+    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Read the prompt from this file (raw bytes)."),
+    max_bytes: int = typer.Option(256, "--max-bytes", help="Generate at most this many bytes."),
+    temperature: float = typer.Option(1.0, "--temperature", help="0 = greedy; higher = more random (at most 100)."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens (0 = off)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling: the smallest set of tokens with probability >= p (1 = off)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (same seed, same output); default: random."),
+    stop: Optional[str] = typer.Option(None, "--stop", help="End when the output contains this text (it is not printed)."),
+    context_cache: Optional[Path] = typer.Option(None, "--context-cache", help=CACHE_HELP),
+    errors: str = typer.Option("strict", "--errors", help=ERRORS_HELP),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+) -> None:
+    """Generate a continuation of the prompt; raw bytes on stdout, flushed as they are produced."""
+    from om.checkpoint import load_checkpoint
+    from om.context_cache import load_context
+    from om.evaluate import check_errors, resolve_device
+    from om.sampling import SamplingOptions, generate
+
+    stop_bytes = os.fsencode(stop) if stop is not None else None
+    SamplingOptions(max_bytes, temperature, top_k, top_p, seed, stop_bytes).validate()
+    check_errors(errors)
+    prompt_bytes = _read_prompt(prompt, prompt_file)
+    ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
+    context = load_context(context_cache, ckpt.fingerprint, ckpt.codec) if context_cache is not None else None
+    pieces = generate(
+        ckpt.model, ckpt.codec, prompt_bytes, max_bytes, temperature, top_k, top_p, seed, stop_bytes, context, errors
+    )
+    out = sys.stdout.buffer
+    written, t0 = 0, time.perf_counter()
+    try:
+        for piece in pieces:
+            out.write(piece)
+            out.flush()
+            written += len(piece)
+    except BrokenPipeError:
+        _silence_stdout()
+        return
+    seconds = time.perf_counter() - t0
+    stderr.print(
+        f"om sample: {written:,} bytes in {seconds:.2f} s ({written / seconds if seconds > 0 else 0:,.0f} bytes/s)",
+        markup=False,
+        highlight=False,
+    )

@@ -1,0 +1,111 @@
+"""`om sample` end to end: raw bytes on stdout, greedy rollout, seeds, --stop, prompts, pipes, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_eval_support import argmax_rollout, chars_codec, one_thread, run_cli, save_tiny_checkpoint  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("sample") / "ckpt", seed=3)
+
+
+def sample_out(args, input=None) -> bytes:
+    result = run_cli(["sample", *args], input=input)
+    assert result.exit_code == 0, result.stderr
+    return result.stdout_bytes
+
+
+def test_greedy_matches_argmax_rollout(ckpt):
+    path, model, codec = ckpt
+    prompt = b"Bytes in, bytes out."
+    expected = bytes(argmax_rollout(model, codec, list(prompt), 30))
+    assert sample_out([path, "--prompt", prompt.decode(), "--temperature", "0", "--max-bytes", "30"]) == expected
+
+
+def test_seed_and_prompt_sources_agree(ckpt, tmp_path):
+    path, _, _ = ckpt
+    args = [path, "--max-bytes", "40", "--seed", "11", "--top-k", "50", "--top-p", "0.9"]
+    a = sample_out([*args, "--prompt", "hello"])
+    assert a == sample_out([*args, "--prompt", "hello"])
+    f = tmp_path / "p.txt"
+    f.write_bytes(b"hello")
+    assert sample_out([*args, "--prompt-file", f]) == a
+    assert sample_out(args, input=b"hello") == a  # prompt from stdin
+    assert sample_out([*args, "--seed", "12", "--prompt", "hello"]) != a
+
+
+def test_stop(ckpt):
+    path, _, _ = ckpt
+    args = [path, "--max-bytes", "60", "--seed", "6", "--prompt", "x"]
+    full = sample_out(args)
+    stop = full[25:27]
+    assert sample_out([*args, "--stop", os.fsdecode(stop)]) == full[: full.find(stop)]
+
+
+def test_chars_model(tmp_path):
+    path, model, codec = save_tiny_checkpoint(tmp_path / "chars", codec=chars_codec(), seed=1)
+    out = sample_out([path, "--prompt", "café", "--max-bytes", "64", "--seed", "3"])
+    assert len(out) <= 64
+    out.decode("utf-8")
+    bad = run_cli(["sample", path, "--max-bytes", "5"], input=b"caf\xe9 au lait")
+    assert_one_line_error(bad, "prompt: invalid UTF-8 at byte offset 3")
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("om sample: error:"), result.stderr
+    assert result.stdout_bytes == b""
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--temperature", "-0.5"], "--temperature -0.5"),
+        (["--temperature", "nan"], "--temperature nan"),
+        (["--temperature", "1e9"], "--temperature"),
+        (["--top-k", "-2"], "--top-k -2"),
+        (["--top-p", "0"], "--top-p 0"),
+        (["--top-p", "2"], "--top-p 2"),
+        (["--max-bytes", "-1"], "--max-bytes -1"),
+        (["--max-bytes", "99999999999"], "--max-bytes"),
+        (["--seed", "-1"], "--seed -1"),
+        (["--stop", ""], "--stop"),
+        (["--prompt", "a", "--prompt-file", "x"], "--prompt-file"),
+    ],
+)
+def test_bad_flags(ckpt, flags, needle):
+    path, _, _ = ckpt
+    assert_one_line_error(run_cli(["sample", path, *flags]), needle)
+
+
+def test_missing_and_corrupt_checkpoint(tmp_path):
+    assert_one_line_error(run_cli(["sample", tmp_path / "none"]), "none")
+    path, _, _ = save_tiny_checkpoint(tmp_path / "ck")
+    (path / "config.json").write_text("{not json")
+    assert_one_line_error(run_cli(["sample", path]), "config.json")
+
+
+def test_closed_pipe_ends_quietly(ckpt):
+    """`om sample ... | head -c 10`: exit 0, no traceback, no 'Exception ignored' message."""
+    path, _, _ = ckpt
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "omcli.app", "sample", str(path), "--max-bytes", "100000", "--seed", "1", "--temperature", "0.5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    first = proc.stdout.read(10)
+    proc.stdout.close()  # what `head -c 10` does
+    _, err = proc.communicate(timeout=120)
+    assert len(first) == 10
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err and b"Exception ignored" not in err and b"BrokenPipe" not in err

@@ -1,0 +1,149 @@
+"""Incremental generation (library): greedy = argmax rollout, seeds, filters, stop, caps, UTF-8."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from om.errors import OmUserError
+from om.sampling import SamplingOptions, TokenDecoder, _longest_prefix_suffix, generate, next_token
+from tests.test_eval_support import argmax_rollout, bytes_codec, chars_codec, model_for, one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def byte_model():
+    codec = bytes_codec()
+    return model_for(codec, seed=3), codec
+
+
+def sample(model, codec, prompt=b"", **kw) -> bytes:
+    return b"".join(generate(model, codec, prompt, **kw))
+
+
+@pytest.mark.parametrize("prompt", [b"", b"The state carries context across segments."])
+def test_greedy_matches_full_forward_rollout(byte_model, prompt):
+    model, codec = byte_model
+    n = 40  # crosses several segment boundaries (segment_len 8)
+    expected = bytes(argmax_rollout(model, codec, list(prompt), n))
+    assert sample(model, codec, prompt, max_bytes=n, temperature=0) == expected
+
+
+def test_seed_reproducible(byte_model):
+    model, codec = byte_model
+    a = sample(model, codec, b"ab", max_bytes=50, temperature=1.0, seed=7)
+    b = sample(model, codec, b"ab", max_bytes=50, temperature=1.0, seed=7)
+    c = sample(model, codec, b"ab", max_bytes=50, temperature=1.0, seed=8)
+    assert a == b and len(a) == 50
+    assert a != c
+
+
+def test_max_bytes(byte_model):
+    model, codec = byte_model
+    assert sample(model, codec, max_bytes=0) == b""
+    assert len(sample(model, codec, max_bytes=17, seed=1)) == 17
+
+
+def test_stop_string_ends_before_it(byte_model):
+    model, codec = byte_model
+    full = sample(model, codec, b"x", max_bytes=60, temperature=1.0, seed=6)
+    assert len(full) == 60
+    stop = full[20:23]
+    first = full.find(stop)
+    assert sample(model, codec, b"x", max_bytes=60, temperature=1.0, seed=6, stop=stop) == full[:first]
+    # A stop string never produced: the whole output, nothing held back.
+    assert sample(model, codec, b"x", max_bytes=60, temperature=1.0, seed=6, stop=full + b"!") == full
+
+
+def test_longest_prefix_suffix():
+    assert _longest_prefix_suffix(b"abcXY", b"XYZ") == 2
+    assert _longest_prefix_suffix(b"abc", b"XYZ") == 0
+    assert _longest_prefix_suffix(b"aaa", b"aab") == 2
+
+
+def test_top_k_and_top_p_filters():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([0.0, 3.0, 2.0, 1.0, -1.0])
+    greedy = SamplingOptions(temperature=0)
+    assert next_token(logits, greedy, g) == 1
+    top2 = SamplingOptions(temperature=5.0, top_k=2)
+    assert {next_token(logits, top2, g) for _ in range(200)} == {1, 2}
+    probs = torch.softmax(logits, -1)  # 1: 0.64, 2: 0.24, 3: 0.09, ...
+    nucleus = SamplingOptions(temperature=1.0, top_p=float(probs[1] + probs[2]) - 1e-3)
+    assert {next_token(logits, nucleus, g) for _ in range(200)} == {1, 2}
+    assert {next_token(logits, SamplingOptions(top_p=1e-6), g) for _ in range(20)} == {1}
+
+
+def test_top_k_one_is_greedy(byte_model):
+    model, codec = byte_model
+    greedy = sample(model, codec, b"q", max_bytes=30, temperature=0)
+    assert sample(model, codec, b"q", max_bytes=30, temperature=2.0, top_k=1, seed=9) == greedy
+
+
+@pytest.mark.parametrize(
+    "options, flag",
+    [
+        (dict(temperature=-1.0), "--temperature"),
+        (dict(temperature=float("nan")), "--temperature"),
+        (dict(temperature=1e6), "--temperature"),
+        (dict(top_k=-1), "--top-k"),
+        (dict(top_p=0.0), "--top-p"),
+        (dict(top_p=1.5), "--top-p"),
+        (dict(max_bytes=-1), "--max-bytes"),
+        (dict(max_bytes=10**12), "--max-bytes"),
+        (dict(seed=-3), "--seed"),
+        (dict(stop=b""), "--stop"),
+    ],
+)
+def test_bad_options(byte_model, options, flag):
+    model, codec = byte_model
+    with pytest.raises(OmUserError, match=flag):
+        generate(model, codec, b"", **options)  # raised at the call, before any output
+
+
+def test_chars_model_outputs_utf8_and_rejects_bad_prompt():
+    codec = chars_codec()
+    model = model_for(codec, seed=1)
+    out = sample(model, codec, "café".encode(), max_bytes=80, seed=2)
+    out.decode("utf-8")  # complete, valid UTF-8
+    assert len(out) <= 80
+    prompt = list(codec.encode("naïve".encode()))
+    rollout = argmax_rollout(model, codec, prompt, 30)
+    expected = codec.decode(np.array(rollout, dtype=np.int64))
+    got = sample(model, codec, "naïve".encode(), max_bytes=len(expected), temperature=0)
+    assert got == expected and len(rollout) > 0
+    with pytest.raises(OmUserError, match="prompt: invalid UTF-8 at byte offset 1"):
+        generate(model, codec, b"a\xffb")
+
+
+def test_decoder_holds_back_unfinished_utf8():
+    class Pieces:  # a SentencePiece-like codec whose ids are single bytes (byte fallback pieces)
+        name = "sentencepiece"
+
+        def decode(self, ids):
+            return bytes(int(i) for i in ids)
+
+    decoder = TokenDecoder(Pieces())
+    euro = "€".encode()  # 3 bytes
+    assert [decoder.push(b) for b in euro] == [b"", b"", euro]
+    assert decoder.push(0xE2) == b"" and decoder.flush() == "\ufffd".encode()
+
+
+def test_cost_per_token_does_not_grow(byte_model):
+    """The state stays bounded while generating: its size after 10 and after 200 tokens is the same kind."""
+    from om.sampling import generate_ids
+
+    model, codec = byte_model
+    opts = SamplingOptions(temperature=0)
+    sizes = []
+    L = model.config.segment_len
+    state = None
+    for n in (2 * L + 3, 20 * L + 3):
+        ids = np.array([codec.doc_sep_id] + [65] * n)
+        with torch.no_grad():
+            _, state = model(torch.from_numpy(ids)[None], None)
+        sizes.append(state.num_bytes())
+    assert sizes[0] == sizes[1]
+    assert next(iter(generate_ids(model, codec, np.zeros(0, dtype=np.int64), opts))) >= 0
