@@ -98,15 +98,18 @@ class ARC(nn.Module):
         B, n, _ = x.shape
         S = self.state_len
         seen = 0 if cache is None else cache[0][0].shape[2] - S
-        segment_start = offset - seen
-        pieces: list[tuple[str, Tensor, Tensor]] = []  # (role, rows, positions)
+        # Rows sit at stream positions: read rows just before the segment, write rows just after.
+        # RoPE depends only on position differences, and all rows of one call belong to one
+        # segment, so positions are counted from the segment start (offset - seen): the same
+        # attention as absolute positions, exact at any offset, and always one contiguous span
+        # (read -S..-1, segment seen..seen+n-1, write L..L+S-1), whose cos/sin tables are cached.
+        pieces: list[tuple[str, Tensor]] = []  # (role, rows)
         if cache is None and S > 0:
-            pieces.append(("read", state, torch.arange(segment_start - S, segment_start)))
-        pieces.append(("segment", x, torch.arange(offset, offset + n)))
+            pieces.append(("read", state))
+        pieces.append(("segment", x))
         if finish and S > 0:
-            end = offset + n
-            pieces.append(("write", state, torch.arange(end, end + S)))
-        positions = torch.cat([pos for _, _, pos in pieces])
+            pieces.append(("write", state))
+        first_position = -S if cache is None and S > 0 else seen
         backend = resolve_backend(self.config.attention_backend, x.device, len(self.cope) > 0)
         dropout_p = self.dropout if self.training else 0.0
 
@@ -116,15 +119,15 @@ class ARC(nn.Module):
             dk, dv = self.dims_key[p], self.dims_value[p]
             if p == 0:
                 qkv = torch.cat(
-                    [self.proj_in[role](rows).view(B, rows.shape[1], self.n_heads, -1) for role, rows, _ in pieces], dim=1
+                    [self.proj_in[role](rows).view(B, rows.shape[1], self.n_heads, -1) for role, rows in pieces], dim=1
                 ).transpose(1, 2)
             else:
                 weights = self.pass_weights[p - 1]
-                qkv = torch.cat([zi @ weights[role].to(zi.dtype) for (role, _, _), zi in zip(pieces, z)], dim=2)
+                qkv = torch.cat([zi @ weights[role].to(zi.dtype) for (role, _), zi in zip(pieces, z)], dim=2)
             q, k, v = qkv.split((dk, dk, dv), dim=-1)
             if len(self.rope):
-                q = self.rope[p].apply(q, positions)
-                k = self.rope[p].apply(k, positions)
+                q = self.rope[p].apply_span(q, first_position)
+                k = self.rope[p].apply_span(k, first_position)
             if cache is not None:
                 k = torch.cat((cache[p][0], k), dim=2)
                 v = torch.cat((cache[p][1], v), dim=2)
@@ -133,9 +136,9 @@ class ARC(nn.Module):
             )
             if not finish:
                 new_cache.append((k, v))
-            z = list(attended.split([rows.shape[1] for _, rows, _ in pieces], dim=2))
+            z = list(attended.split([rows.shape[1] for _, rows in pieces], dim=2))
 
-        by_role = {role: zi for (role, _, _), zi in zip(pieces, z)}
+        by_role = {role: zi for (role, _), zi in zip(pieces, z)}
         y = self.proj_out(by_role["segment"].transpose(1, 2).reshape(B, n, -1))
         next_state = None
         if finish:

@@ -24,6 +24,7 @@ class RoPEEmbeddings:
             raise ValueError(f"RoPE needs at least 2 rotated dims, got dim={dim}, fraction={fraction}")
         self.dim, self.rotary_dim, self.base = dim, rot, base
         self.theta = base ** (-torch.arange(0, rot, 2, dtype=torch.float64) / rot)
+        self._span_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def angles(self, positions: Tensor) -> Tensor:
         """(T,) positions -> (T, rotary_dim/2) rotation angles, in float64 so large offsets stay exact."""
@@ -31,8 +32,22 @@ class RoPEEmbeddings:
 
     def apply(self, x: Tensor, positions: Tensor) -> Tensor:
         ang = self.angles(positions.to(x.device))
-        cos = ang.cos().to(x.dtype)
-        sin = ang.sin().to(x.dtype)
+        return self._rotate(x, ang.cos().to(x.dtype), ang.sin().to(x.dtype))
+
+    def apply_span(self, x: Tensor, start: int) -> Tensor:
+        """`apply` for the contiguous positions start..start+T-1, with cos/sin tables cached.
+
+        ARC rotates every pass with positions relative to the segment start, so only a bounded
+        set of spans ever occurs and each table is computed once.
+        """
+        key = (start, x.shape[-2], x.device, x.dtype)
+        tables = self._span_cache.get(key)
+        if tables is None:
+            ang = self.angles(torch.arange(start, start + x.shape[-2], device=x.device))
+            tables = self._span_cache[key] = (ang.cos().to(x.dtype), ang.sin().to(x.dtype))
+        return self._rotate(x, *tables)
+
+    def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
         x1, x2 = rot[..., 0::2], rot[..., 1::2]
         out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
+
+try:  # typer vendors click from 0.2x on; older releases use click itself
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover
+    from click import UsageError
 
 from om import __version__
 
@@ -31,10 +38,27 @@ def _root(
 
 
 # Subcommand registration (one line per command module).
+from omcli import prepare as _prepare; app.command("prepare")(_prepare.prepare)  # noqa: E402,E702
+from omcli import eval as _eval; app.command("eval")(_eval.eval_command)  # noqa: E402,E702
+from omcli import sample as _sample; app.command("sample")(_sample.sample_command)  # noqa: E402,E702
+from omcli import cache as _cache; app.command("cache")(_cache.cache_command)  # noqa: E402,E702
+from omcli import train as _train; app.command("train")(_train.train)  # noqa: E402,E702
 
 
 def main() -> None:
-    app()
+    """Run the app; usage errors (a flag's value of the wrong type, an unknown option) become one
+    line on stderr with exit code 2, like every other bad input."""
+    try:
+        code = app(standalone_mode=False)
+    except UsageError as err:
+        message = " ".join(err.format_message().split())
+        if message:  # empty when the help was shown for a bare `om`
+            where = err.ctx.command_path if err.ctx is not None else "om"
+            print(f"{where}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

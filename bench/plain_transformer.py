@@ -1,0 +1,95 @@
+"""A plain pre-norm byte Transformer with a fixed context: the baseline Om is measured against.
+
+Same building blocks as an Om layer without the state and multi-pass memory: token + learned
+position embeddings, N x (LayerNorm -> causal multi-head attention -> residual, LayerNorm -> GELU
+MLP -> residual), LayerNorm, tied head. It sees at most `context` bytes: evaluation slides a
+window over the stream with stride context/2, so every scored byte has at least context/2 of
+history (the first window scores all of its bytes).
+
+`PlainTransformer(vocab_size, dim, n_layers, n_heads, context, mlp_ratio)`:
+forward(tokens (B, T <= context)) -> logits (B, T, vocab_size).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Block(nn.Module):
+    """Pre-norm attention + MLP: x (B, T, D) -> (B, T, D)."""
+
+    def __init__(self, dim: int, n_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        hidden = int(round(dim * mlp_ratio))
+        self.mlp_in, self.mlp_out = nn.Linear(dim, hidden, bias=False), nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(attended.transpose(1, 2).reshape(B, T, D))
+        return x + self.mlp_out(F.gelu(self.mlp_in(self.norm2(x))))
+
+
+class PlainTransformer(nn.Module):
+    """tokens (B, T) int64 with T <= context -> logits (B, T, vocab_size)."""
+
+    def __init__(self, vocab_size: int, dim: int, n_layers: int, n_heads: int, context: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.vocab_size, self.context = vocab_size, context
+        padded = (vocab_size + 63) // 64 * 64
+        self.embed = nn.Embedding(padded, dim)
+        self.positions = nn.Embedding(context, dim)
+        self.blocks = nn.ModuleList(Block(dim, n_heads, mlp_ratio) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, padded, bias=False)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+        for block in self.blocks:
+            for proj in (block.proj, block.mlp_out):
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * n_layers))
+        self.head.weight = self.embed.weight
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        T = tokens.shape[1]
+        x = self.embed(tokens) + self.positions(torch.arange(T, device=tokens.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))[..., : self.vocab_size]
+
+    def loss(self, tokens: Tensor, targets: Tensor, state=None):
+        """Same signature as `OmLLM.loss`, so one training loop serves both."""
+        logits = self(tokens)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()), None
+
+    @torch.inference_mode()
+    def stream_nll(self, ids: Tensor) -> float:
+        """Total NLL in nats of ids[1:] given the past, sliding a window with stride context/2."""
+        n, stride, total = ids.numel(), max(1, self.context // 2), 0.0
+        scored_to = 1  # next target index to score
+        start = 0
+        while scored_to < n:
+            end = min(start + self.context + 1, n)
+            window = ids[start:end].unsqueeze(0)
+            logp = torch.log_softmax(self(window[:, :-1]).float(), dim=-1)
+            targets = window[:, 1:]
+            nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)[0]
+            first_new = scored_to - (start + 1)
+            total += float(nll[first_new:].sum())
+            scored_to = end
+            if end == n:
+                break
+            start += stride
+        return total

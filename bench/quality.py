@@ -1,0 +1,201 @@
+"""Quality at equal wall-clock on Shakespeare: Om vs memory off vs a plain Transformer vs other
+codecs vs classic compressors. The headline table of BENCHMARKS.md.
+
+    python -m bench.quality [--minutes 10] [--only om-bytes,plain,...] [--no-write]
+
+Data: the 42 Shakespeare plays concatenated in sorted order (bench/corpora.py); validation = the
+last 10% of the bytes (val.txt), training = the rest (train.txt). Every model trains for the same
+wall-clock budget on train.txt (each codec prepares it with `om prepare`, holding out 1% for the
+in-training eval) and is scored by `om eval --bytes` (Om) or the same stream NLL with a sliding
+window (the plain Transformer) on the same val.txt: bits per original byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from bench.compressors import bits_per_byte
+from bench.corpora import CACHE, shakespeare_split
+from bench.report import machine, markdown_table, write_section
+
+WORK = CACHE / "quality"
+
+# The Om byte model of recipes/shakespeare-bytes.yaml (no wider search has been run yet).
+OM_MODEL = dict(dim=128, n_layers=2, n_heads=4, dims_key=[32, 16], dims_value=[32, 16], mlp_ratio=4.0,
+                segment_len=64, state_len=8, stem_kernels=[2, 3, 4], positional="rope", dropout=0.0)
+TRAIN = dict(micro_batch_size=16, grad_accum=1, segments_per_sample=2, state="reset", lr=2e-3, min_lr=2e-4,
+             warmup_steps=50, weight_decay=0.1, grad_clip=1.0, precision="fp32", seed=0, log_every=20,
+             eval_every=0, eval_tokens=32768, eval_batch=8, checkpoint_every=0, keep_last=1)
+
+VARIANTS = {
+    "om-bytes": dict(codec="bytes", model={}),
+    "om-bytes-memory-off": dict(codec="bytes", model={"state_len": 0}),
+    "om-chars": dict(codec="chars", model={}),
+    "om-sentencepiece-1024": dict(codec="sentencepiece", vocab_size=1024, model={}),
+}
+
+
+def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    print("$", " ".join(argv), file=sys.stderr, flush=True)
+    return subprocess.run(argv, check=True, text=True, **kwargs)
+
+
+def prepared(codec: str, vocab_size: int | None, train_txt: Path) -> Path:
+    out = WORK / f"dataset-{codec}{vocab_size or ''}"
+    if not (out / "meta.json").exists():
+        argv = ["om", "prepare", str(train_txt), "-o", str(out), "--codec", codec, "--val-fraction", "0.01", "--force"]
+        if vocab_size:
+            argv += ["--vocab-size", str(vocab_size)]
+        run(argv)
+    return out
+
+
+def param_count(model: dict, vocab_size: int) -> int:
+    from om import OmConfig, OmLLM
+
+    return OmLLM(OmConfig(**{**model, "vocab_size": vocab_size})).num_parameters()
+
+
+def memory_off_model(base: dict, vocab_size: int) -> dict:
+    """state_len 0 drops the read/write projections; widen the MLP until the parameter counts match."""
+    target = param_count(base, vocab_size)
+    best = min(
+        (abs(param_count({**base, "state_len": 0, "mlp_ratio": r / 8}, vocab_size) - target), r / 8)
+        for r in range(32, 129)
+    )
+    return {**base, "state_len": 0, "mlp_ratio": best[1]}
+
+
+def train_om(name: str, dataset: Path, model: dict, minutes: float) -> Path:
+    from om.data import open_dataset
+
+    vocab = open_dataset(dataset).codec.vocab_size
+    recipe = {
+        "model": {**model, "vocab_size": vocab},
+        "data": {"dataset": str(dataset)},
+        "train": {**TRAIN, "max_minutes": minutes},
+        "out": {"dir": str(WORK / "runs" / name), "sample_bytes": 0, "progress": False},
+    }
+    path = WORK / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    run(["om", "train", str(path), "--resume", "never"], stdout=subprocess.DEVNULL)
+    return WORK / "runs" / name
+
+
+def eval_om(run_dir: Path, val_txt: Path) -> dict:
+    out = run(["om", "eval", str(run_dir), str(val_txt), "--bytes", "--json"], capture_output=True)
+    return json.loads(out.stdout)
+
+
+def train_plain(dataset: Path, minutes: float, val_txt: Path) -> dict:
+    """The plain Transformer with Om's training settings (same batches, optimizer and schedule)."""
+    from bench.plain_transformer import PlainTransformer
+    from om.data import open_dataset
+    from om.train.batches import BatchSampler
+    from om.train.optim import make_optimizer
+    from om.train.schedule import budget_progress, learning_rate
+
+    ds = open_dataset(dataset)
+    context = OM_MODEL["segment_len"] * TRAIN["segments_per_sample"]
+    torch.manual_seed(TRAIN["seed"])
+    model = PlainTransformer(ds.codec.vocab_size, OM_MODEL["dim"], OM_MODEL["n_layers"], OM_MODEL["n_heads"], context, OM_MODEL["mlp_ratio"])
+    sampler = BatchSampler(ds.split("train"), context, TRAIN["micro_batch_size"], 1, TRAIN["seed"], "reset")
+    optimizer = make_optimizer(model, TRAIN["lr"], TRAIN["weight_decay"], (0.9, 0.95), 1e-8)
+    start, step, seen = time.perf_counter(), 0, 0
+    while (elapsed := time.perf_counter() - start) < minutes * 60:
+        progress = budget_progress(step, seen, elapsed, None, None, minutes, TRAIN["warmup_steps"])
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, progress, TRAIN["lr"], TRAIN["min_lr"], TRAIN["warmup_steps"])
+        b = sampler.batch(step, 0)
+        loss, _ = model.loss(b.inputs, b.targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seen += b.targets.numel()
+        step += 1
+    train_seconds = time.perf_counter() - start
+    model.eval()
+    data = val_txt.read_bytes()
+    ids = torch.from_numpy(np.concatenate([[ds.codec.doc_sep_id], np.frombuffer(data, dtype=np.uint8)]).astype(np.int64))
+    nll = model.stream_nll(ids)
+    return {"bits_per_byte": nll / math.log(2) / len(data), "parameters": model.num_parameters(),
+            "train_bytes": seen, "train_seconds": train_seconds, "steps": step}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--only", default="", help="comma-separated rows to run (default: all)")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    split = shakespeare_split()
+    if split is None:
+        print("bench.quality: the Shakespeare corpus is unavailable; skipping", file=sys.stderr)
+        return
+    train_txt, val_txt = split
+    WORK.mkdir(parents=True, exist_ok=True)
+    wanted = set(filter(None, args.only.split(","))) or set(VARIANTS) | {"plain", "compressors"}
+    results: dict[str, dict] = {}
+    results_file = WORK / "results.json"
+    if results_file.exists():
+        results = json.loads(results_file.read_text())
+
+    for name, variant in VARIANTS.items():
+        if name not in wanted:
+            continue
+        dataset = prepared(variant["codec"], variant.get("vocab_size"), train_txt)
+        vocab = json.loads((dataset / "meta.json").read_text())["vocab_size"]
+        model = {**OM_MODEL, **variant["model"]}
+        if variant["model"].get("state_len") == 0:
+            model = memory_off_model(OM_MODEL, vocab)
+        run_dir = train_om(name, dataset, model, args.minutes)
+        report = eval_om(run_dir, val_txt)
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        train_rows = [m for m in metrics if "train_loss" in m]
+        results[name] = {"bits_per_byte": report["bits_per_byte"], "parameters": param_count(model, vocab),
+                         "train_bytes": train_rows[-1].get("bytes", None) if train_rows else None,
+                         "steps": train_rows[-1]["step"] if train_rows else None, "model": model}
+        results_file.write_text(json.dumps(results, indent=2))
+    if "plain" in wanted:
+        results["plain-transformer"] = train_plain(prepared("bytes", None, train_txt), args.minutes, val_txt)
+        results_file.write_text(json.dumps(results, indent=2))
+    if "compressors" in wanted:
+        for name, bpb in bits_per_byte(val_txt).items():
+            if bpb is not None:
+                results[name] = {"bits_per_byte": bpb}
+        results_file.write_text(json.dumps(results, indent=2))
+
+    rows = []
+    for name, r in sorted(results.items(), key=lambda kv: kv[1]["bits_per_byte"]):
+        rows.append([name, f"{r['bits_per_byte']:.3f}", f"{r['parameters']:,}" if r.get("parameters") else "",
+                     f"{r['train_bytes']:,}" if r.get("train_bytes") else "", r.get("steps") or ""])
+    table = markdown_table(["row", "val bits/byte", "parameters", "training bytes seen", "steps"], rows)
+    print(table)
+    if not args.no_write:
+        body = (
+            "## 1. Quality at equal wall-clock (Shakespeare)\n\n"
+            f"Machine: {machine()}\n\n"
+            f"Command: `python -m bench.quality --minutes {args.minutes:g}`\n\n"
+            f"Data: 42 Shakespeare plays (5,057,198 bytes), validation = last 10% ({val_txt.stat().st_size:,} bytes), "
+            f"{args.minutes:g} minutes of training per model on 2 cores. Om model: `{OM_MODEL}`; training: `{TRAIN}`. "
+            "Memory off: the same with state_len 0 and the MLP widened to match parameters. Plain Transformer: "
+            "`bench/plain_transformer.py`, same width/depth/heads, context = segments_per_sample x segment_len, "
+            "evaluated with a sliding window of stride context/2. Compressors: 8 x compressed size / size of val.txt.\n\n"
+            + table
+        )
+        write_section("quality", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Speed, as ratios measured in one run: Om vs a plain Transformer, FLOP utilisation, precisions.
+
+    python -m bench.speed [--steps 6] [--no-compile] [--no-write]
+
+1. Training bytes/s of the reference Om byte model (4 layers, dim 256, L 128, S 16) vs the plain
+   pre-norm Transformer of `bench/plain_transformer.py` at matched parameters (width searched so
+   the counts agree within 5%) and the same context (512 bytes = 4 segments).
+2. Model FLOP utilisation: matmul FLOPs of a training step (counted by torch's FlopCounterMode:
+   mm, bmm, convolutions, attention) per second, over the machine's dense fp32 matmul peak
+   (torch.matmul on large squares, best of several sizes, same run).
+3. fp32 vs bf16 autocast vs torch.compile, for training and for evaluation (forward only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.model_throughput import REFERENCE, time_steps
+from bench.plain_transformer import PlainTransformer
+from bench.report import machine, markdown_table, write_section
+from om import OmConfig, OmLLM
+
+BATCH, SEGMENTS = 8, 4
+
+
+def matmul_peak_gflops() -> float:
+    best = 0.0
+    for n in (1024, 2048, 3072):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.matmul(a, b)
+        reps = max(2, int(4e9 / n**3))
+        start = time.perf_counter()
+        for _ in range(reps):
+            torch.matmul(a, b)
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def step_fn(model, data, train: bool, precision: str, optimizer=None):
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def train_step():
+        with autocast:
+            loss, _ = model.loss(data[:, :-1], data[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def eval_step():
+        with torch.inference_mode(), autocast:
+            model(data[:, :-1])
+
+    return train_step if train else eval_step
+
+
+def count_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matched_plain(om_params: int, context: int) -> PlainTransformer:
+    """Same depth, heads of 64, width chosen so the parameter count is closest to `om_params`."""
+    best = None
+    for dim in range(128, 1025, 32):
+        model = PlainTransformer(256, dim, REFERENCE["n_layers"], max(1, dim // 64), context)
+        gap = abs(model.num_parameters() - om_params) / om_params
+        if best is None or gap < best[0]:
+            best = (gap, dim)
+    return PlainTransformer(256, best[1], REFERENCE["n_layers"], max(1, best[1] // 64), context)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    om_model = OmLLM(OmConfig(**REFERENCE))
+    context = SEGMENTS * REFERENCE["segment_len"]
+    plain = matched_plain(om_model.num_parameters(), context)
+    data = torch.randint(0, 256, (BATCH, context + 1))
+    bytes_per_step = BATCH * context
+    peak = matmul_peak_gflops()
+    print(f"matmul peak {peak:.1f} GFLOP/s", flush=True)
+
+    # 1 + 2: Om vs plain, fp32 training, with FLOP utilisation.
+    speed_rows, speeds = [], {}
+    for name, model in (("Om", om_model), ("plain Transformer", plain)):
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        fn = step_fn(model, data, True, "fp32", opt)
+        flops = count_flops(fn)
+        seconds = time_steps(fn, args.steps, warmup=2)
+        speeds[name] = bytes_per_step / seconds
+        achieved = flops / seconds / 1e9
+        speed_rows.append([name, f"{model.num_parameters():,}", f"{flops / bytes_per_step / 1e6:.1f}",
+                           f"{speeds[name]:,.0f}", f"{achieved:.1f}", f"{achieved / peak:.0%}"])
+        print(speed_rows[-1], flush=True)
+    ratio = speeds["Om"] / speeds["plain Transformer"]
+
+    # 3: precisions and compile, Om only.
+    variants = [("fp32", False), ("bf16 autocast", False)] + ([] if args.no_compile else [("fp32 + torch.compile", True)])
+    precision_rows, base, compile_seconds = [], {}, {}
+    for label, compiled in variants:
+        precision = "bf16" if label.startswith("bf16") else "fp32"
+        row = [label]
+        for train in (True, False):
+            key = "train" if train else "eval"
+            torch.manual_seed(0)
+            model = OmLLM(OmConfig(**REFERENCE)).train(train)
+            if compiled:
+                model.compile()  # in place: model(...) and model.loss(...) run the compiled forward
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if train else None
+            fn = step_fn(model, data, train, precision, opt)
+            first_start = time.perf_counter()
+            fn()
+            compile_seconds[key] = time.perf_counter() - first_start
+            rate = bytes_per_step / time_steps(fn, args.steps, warmup=1)
+            base.setdefault(key, rate)
+            row += [f"{rate:,.0f}", f"{rate / base[key]:.2f}x"]
+        precision_rows.append(row)
+        print(row, flush=True)
+
+    table1 = markdown_table(["model (fp32, batch 8 x 512)", "parameters", "MFLOP/byte (fwd+bwd)", "train bytes/s", "GFLOP/s", "MFU"], speed_rows)
+    table2 = markdown_table(["Om reference model", "train bytes/s", "vs fp32", "eval bytes/s", "vs fp32"], precision_rows)
+    compile_note = ""
+    if not args.no_compile:
+        compile_note = (f"\n\ntorch.compile's first call (compilation included) took {compile_seconds['train']:.0f} s (train) "
+                        f"and {compile_seconds['eval']:.0f} s (eval).")
+    text = (
+        f"Om / plain training speed ratio: {ratio:.2f}; dense fp32 matmul peak: {peak:.1f} GFLOP/s.\n\n"
+        + table1 + "\n\n" + table2 + compile_note
+    )
+    print(text)
+    if not args.no_write:
+        body = (
+            "## 2. Speed\n\n"
+            f"Machine: {machine()}\n\n"
+            f"Command: `python -m bench.speed --steps {args.steps}`\n\n"
+            f"Om reference model: `{REFERENCE}`. Plain Transformer: `bench/plain_transformer.py`, same depth, "
+            f"width {plain.embed.weight.shape[1]} (matched parameters), context {context}.\n\n" + text
+        )
+        write_section("speed", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,519 @@
+"""The training loop: deterministic batches, AdamW + schedule, logging, eval, checkpoints, resume."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import om
+from om.checkpoint import (
+    CHECKPOINTS_DIR,
+    list_checkpoints,
+    load_extra_tensors,
+    load_weights,
+    load_optimizer_state,
+    prune_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+    step_dir_name,
+    verify_checkpoint,
+    write_latest,
+)
+from om.config import OmConfig
+from om.errors import OmUserError
+from om.model import OmLLM
+from om.state import OmState
+from om.train.batches import BatchSampler
+from om.train.dataset import resolve_dataset
+from om.train.evaluate import autocast, byte_count, evaluate, tokens_for_bytes
+from om.train.optim import make_optimizer
+from om.train.recipe import Recipe
+from om.train.schedule import budget_progress, learning_rate
+from om.train.signals import StopSignals
+
+METRICS_FILE = "metrics.jsonl"
+RECIPE_FILE = "recipe.yaml"
+
+
+@dataclass
+class TrainResult:
+    """What a run ended with: its folder, the last checkpoint, the step reached, the signal that
+    stopped it (None when it finished), the last validation numbers and the training speed."""
+
+    run_dir: Path
+    checkpoint: Path | None
+    step: int
+    interrupted: int | None = None
+    exit_code: int = 0
+    val: dict | None = None
+    bytes_per_s: float = 0.0
+    resumed_from: Path | None = None
+    sample: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Progress:
+    """Counters saved in trainer.json so a resumed run continues them exactly."""
+
+    step: int = 0
+    tokens: int = 0
+    bytes: int = 0
+    elapsed_s: float = 0.0  # wall-clock of the run so far, across resumes
+    train_s: float = 0.0  # time spent in training steps only
+    window: dict = field(default_factory=lambda: {"nats": 0.0, "tokens": 0, "bytes": 0, "steps": 0, "train_s": 0.0})
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise OmUserError(f"train.device: {name!r} is not a torch device (auto, cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise OmUserError(f"train.device: {name!r} asked for CUDA but no CUDA device is available")
+    return device
+
+
+def _mix_state(carried: OmState, init: OmState, reset) -> OmState:
+    """Rows where `reset` is True take the initial state, the others continue `carried`."""
+    mask = torch.as_tensor(reset, device=init.stem_tail.device)
+
+    def pick(new, old):
+        m = mask.view(-1, *([1] * (new.dim() - 1)))
+        return torch.where(m, new, old)
+
+    # Carried states sit at a segment boundary (samples are whole segments), so there is no cache.
+    # RoPE is relative, so the stream offset is re-based to 0: every step sees the same positions.
+    return OmState(
+        layer_states=[pick(a, b) for a, b in zip(init.layer_states, carried.layer_states)],
+        caches=[None] * len(init.caches),
+        stem_tail=pick(init.stem_tail, carried.stem_tail),
+        offset=0,
+    )
+
+
+def _rng_state() -> dict:
+    out = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if torch.cuda.is_available():
+        out["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+    return out
+
+
+def _set_rng_state(rng: dict) -> None:
+    import numpy as np
+
+    torch.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(rng["torch"]), dtype=np.uint8).copy()))
+    if "cuda" in rng and torch.cuda.is_available():
+        states = [torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy()) for s in rng["cuda"]]
+        torch.cuda.set_rng_state_all(states[: torch.cuda.device_count()])
+
+
+def _config_diff(a: OmConfig, b: OmConfig) -> str:
+    da, db = a.to_dict(), b.to_dict()
+    keys = [k for k in da if da.get(k) != db.get(k)]
+    return ", ".join(f"model.{k}: {da[k]!r} in the recipe vs {db.get(k)!r}" for k in keys[:3])
+
+
+def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _dict_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records written after `step` (by a run that went on past its last checkpoint)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Runs one recipe in one run folder.
+
+    `Trainer(recipe, run_dir, resume="auto"|"never"|PATH, source=recipe file name for messages,
+    progress=None (the recipe's out.progress), console=a rich Console for messages and the bar
+    (None: silent))`; `.run(stop_at_step=None, on_log=None) -> TrainResult`. `stop_at_step`
+    behaves like a signal arriving during that step (a checkpoint is saved and the run stops);
+    tests use it. `on_log` receives every train record written to metrics.jsonl.
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: str | Path,
+        resume: str = "auto",
+        source: str = "recipe",
+        progress: bool | None = None,
+        console=None,
+    ):
+        self.recipe, self.source = recipe, source
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.show_progress = recipe.out.progress if progress is None else progress
+        # Messages and the progress bar share one rich console (stderr), so they do not garble it.
+        self.console = console
+        self.log = (lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)) if console is not None else (lambda text: None)
+        self.notes: list[str] = []
+
+    # Setup -----------------------------------------------------------------------------------------
+    def _find_resume(self) -> Path | None:
+        ckpt_dir = self.run_dir / CHECKPOINTS_DIR
+        if self.resume == "never":
+            if list_checkpoints(ckpt_dir) or (self.run_dir / METRICS_FILE).is_file():
+                raise OmUserError(
+                    f"{self.run_dir}: already holds a run; resume it with --resume auto, or choose another --out"
+                )
+            return None
+        if self.resume == "auto":
+            return resolve_checkpoint(self.run_dir) if list_checkpoints(ckpt_dir) else None
+        return resolve_checkpoint(self.resume)
+
+    def _setup(self) -> None:
+        r = self.recipe
+        t = r.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = _resolve_device(t.device)
+        self.dataset, self.data_info = resolve_dataset(r.data, self.source, progress=self.show_progress)
+        if self.data_info.get("prepared"):
+            self.log(f"prepared {', '.join(self.data_info['sources'])} into {self.data_info['dataset']}")
+        codec = self.codec = self.dataset.codec
+        if "vocab_size" in r.model.model_fields_set and r.model.vocab_size != codec.vocab_size:
+            raise OmUserError(
+                f"{self.source}: model.vocab_size: {r.model.vocab_size} does not match the {codec.name} codec of "
+                f"{self.dataset.path} ({codec.vocab_size} ids); leave it out to take it from the data"
+            )
+        self.config = r.model.model_copy(update={"vocab_size": codec.vocab_size})
+        self.config = OmConfig.model_validate(self.config.model_dump())
+        r.model = self.config  # the resolved recipe records the vocabulary actually used
+        self.seq_len = t.segments_per_sample * self.config.segment_len
+        self.sampler = BatchSampler(self.dataset.split("train"), self.seq_len, t.micro_batch_size, t.grad_accum, t.seed, t.state)
+        self.resume_from = self._find_resume()
+
+        torch.manual_seed(t.seed)
+        self.model = OmLLM(self.config).to(self.device)
+        self.optimizer = make_optimizer(self.model, t.lr, t.weight_decay, tuple(t.betas), t.eps)
+        self.p = _Progress()
+        self.last_val: tuple[int, dict] | None = None  # (step, eval result) of the latest evaluation
+        self.carried: list[OmState | None] = [None] * t.grad_accum
+        if self.resume_from is not None:
+            self._load_resume(self.resume_from)
+        self.step_model = torch.compile(self.model) if t.compile else self.model
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / (RECIPE_FILE + ".tmp")
+        tmp.write_text(f"# Resolved recipe of this run (from {self.source}); train it again with `om train` on this file.\n" + r.to_yaml())
+        os.replace(tmp, self.run_dir / RECIPE_FILE)
+        self.metrics_path = self.run_dir / METRICS_FILE
+        if self.resume_from is None:
+            self.metrics_path.write_text("")
+        else:
+            _truncate_metrics(self.metrics_path, self.p.step)
+
+    def _load_resume(self, folder: Path) -> None:
+        trainer = verify_checkpoint(folder)
+        saved = OmConfig.load(folder / "config.json")
+        if saved != self.config:
+            raise OmUserError(
+                f"{self.source}: the model section differs from the checkpoint {folder} ({_config_diff(self.config, saved)}); "
+                "use --out for a new run"
+            )
+        fp = (trainer.get("dataset") or {}).get("fingerprint")
+        if fp and fp != self.dataset.fingerprint:
+            self.notes.append(f"the dataset differs from the one {folder} was trained on")
+        if trainer.get("state_mode") != self.recipe.train.state:
+            raise OmUserError(
+                f"{self.source}: train.state: {self.recipe.train.state!r} but {folder} was trained with {trainer.get('state_mode')!r}"
+            )
+        load_weights(self.model, folder / "model.safetensors", self.device)
+        load_optimizer_state(folder, self.optimizer)
+        self.p = _Progress(
+            step=trainer["step"],
+            tokens=trainer["tokens_seen"],
+            bytes=trainer["bytes_seen"],
+            elapsed_s=trainer["elapsed_s"],
+            train_s=trainer["train_s"],
+            window=trainer["log_window"],
+        )
+        _set_rng_state(trainer["rng"])
+        last = trainer.get("last_eval")
+        if last:
+            self.last_val = (last.pop("step"), last)
+        if self.recipe.train.state == "carry":
+            tensors = load_extra_tensors(folder) or {}
+            for m in range(self.recipe.train.grad_accum):
+                part = {k.split(".", 2)[2]: v.to(self.device) for k, v in tensors.items() if k.startswith(f"carry.{m}.")}
+                if not part:
+                    raise OmUserError(f"{folder}/state.safetensors: no carried state for micro batch {m}")
+                self.carried[m] = OmState.from_dict(part)
+        changed = _dict_diff(self.recipe.to_dict(), trainer.get("recipe") or {})
+        if changed:
+            self.notes.append("recipe keys changed since the checkpoint: " + ", ".join(changed[:6]))
+
+    # Pieces -----------------------------------------------------------------------------------------
+    def _progress_fraction(self, elapsed: float, warmup: bool = True) -> float:
+        t = self.recipe.train
+        warmup_steps = t.warmup_steps if warmup else 0
+        return budget_progress(self.p.step, self.p.bytes, elapsed, t.max_steps, t.max_bytes, t.max_minutes, warmup_steps)
+
+    def _done(self, elapsed: float) -> bool:
+        t = self.recipe.train
+        return (
+            (t.max_steps is not None and self.p.step >= t.max_steps)
+            or (t.max_bytes is not None and self.p.bytes >= t.max_bytes)
+            or (t.max_minutes is not None and elapsed >= 60.0 * t.max_minutes)
+        )
+
+    def _write(self, record: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _train_step(self, lr: float) -> dict:
+        t = self.recipe.train
+        model, opt = self.step_model, self.optimizer
+        model.train()
+        for group in opt.param_groups:
+            group["lr"] = lr
+        nats, tokens, nbytes = 0.0, 0, 0
+        for micro in range(t.grad_accum):
+            batch = self.sampler.batch(self.p.step, micro)
+            x, y = batch.inputs.to(self.device), batch.targets.to(self.device)
+            state = None
+            if t.state == "carry" and self.carried[micro] is not None and not batch.reset.all():
+                state = _mix_state(self.carried[micro], self.model.init_state(x.shape[0]), batch.reset)
+            with autocast(self.device, t.precision):
+                # Call the (possibly compiled) module itself; `model.loss` would bypass torch.compile.
+                logits, new_state = model(x, state)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            (loss / t.grad_accum).backward()
+            if t.state == "carry":
+                self.carried[micro] = new_state.detach()
+            n = y.numel()
+            nats += float(loss.detach()) * n
+            tokens += n
+            nbytes += byte_count(self.codec, batch.targets)
+        grad_norm = None
+        if t.grad_clip is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return {"nats": nats, "tokens": tokens, "bytes": nbytes, "grad_norm": grad_norm}
+
+    def _trainer_meta(self) -> dict:
+        t = self.recipe.train
+        data_position = {"mode": t.state, "next_step": self.p.step}
+        if t.state == "carry":
+            data_position["stream_positions"] = [
+                int(s) for m in range(t.grad_accum) for s in self.sampler.positions(self.p.step, m)[0]
+            ]
+        return {
+            "step": self.p.step,
+            "tokens_seen": self.p.tokens,
+            "bytes_seen": self.p.bytes,
+            "elapsed_s": self.p.elapsed_s,
+            "train_s": self.p.train_s,
+            "log_window": dict(self.p.window),
+            "last_eval": {"step": self.last_val[0], **self.last_val[1]} if self.last_val else None,
+            "rng": _rng_state(),
+            "seed": t.seed,
+            "state_mode": t.state,
+            "carried_state": "state.safetensors" if t.state == "carry" else None,
+            "data_position": data_position,
+            "recipe_hash": self.recipe.hash(),
+            "recipe": self.recipe.to_dict(),
+            "om_version": om.__version__,
+            "torch_version": torch.__version__,
+        }
+
+    def _save(self) -> Path:
+        t = self.recipe.train
+        tensors = None
+        if t.state == "carry":
+            tensors = {}
+            for m, state in enumerate(self.carried):
+                if state is not None:
+                    tensors.update({f"carry.{m}.{k}": v for k, v in state.to_dict().items()})
+        ckpt_dir = self.run_dir / CHECKPOINTS_DIR
+        path = save_checkpoint(
+            ckpt_dir / step_dir_name(self.p.step),
+            self.model,
+            self.config,
+            self.codec,
+            self._trainer_meta(),
+            optimizer=self.optimizer,
+            dataset={"path": str(self.dataset.path), "fingerprint": self.dataset.fingerprint},
+            tensors=tensors,
+        )
+        write_latest(ckpt_dir, path)
+        prune_checkpoints(ckpt_dir, t.keep_last, protect=path)
+        return path
+
+    def _eval(self) -> dict:
+        t = self.recipe.train
+        val_split = self.dataset.split("val")
+        n_tokens = t.eval_tokens if t.eval_bytes is None else tokens_for_bytes(self.codec, val_split, t.eval_bytes)
+        val = evaluate(self.model, self.codec, val_split, n_tokens, t.eval_batch, self.device, t.precision)
+        record = {"event": "eval", "step": self.p.step, "bytes": self.p.bytes, **val, "elapsed_s": round(self.p.elapsed_s, 3)}
+        self._write(record)
+        self.log(f"step {self.p.step}: val bits/byte {val['val_bpb']:.4f} (val loss {val['val_loss']:.4f} nats/token)")
+        return val
+
+    def _log_window(self, lr: float, grad_norm: float | None) -> dict:
+        w = self.p.window
+        record = {
+            "event": "train",
+            "step": self.p.step,
+            "tokens": self.p.tokens,
+            "bytes": self.p.bytes,
+            "loss": w["nats"] / max(1, w["tokens"]),
+            "bpb": w["nats"] / math.log(2) / max(1, w["bytes"]),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "bytes_per_s": round(w["bytes"] / w["train_s"], 1) if w["train_s"] > 0 else None,
+            "elapsed_s": round(self.p.elapsed_s, 3),
+        }
+        self._write(record)
+        self.p.window = {"nats": 0.0, "tokens": 0, "bytes": 0, "steps": 0, "train_s": 0.0}
+        return record
+
+    # The loop ---------------------------------------------------------------------------------------
+    def run(self, stop_at_step: int | None = None, on_log: Callable[[dict], None] | None = None) -> TrainResult:
+        self._setup()
+        t = self.recipe.train
+        result = TrainResult(self.run_dir, None, self.p.step, resumed_from=self.resume_from, notes=self.notes)
+        if self.resume_from is not None:
+            self.log(f"resuming from {self.resume_from} at step {self.p.step}")
+        for note in self.notes:
+            self.log("note: " + note)
+        last_saved = self.resume_from if self.resume_from is not None else None
+        saved_step = self.p.step if self.resume_from is not None else None
+        evaluated_step, result.val = self.last_val if self.last_val else (None, None)
+        record = None
+        stopped = False
+        self.last_lr, self.last_grad_norm = t.lr, None
+        bar = _ProgressBar(self.show_progress, self.console)
+        start_wall = time.perf_counter() - self.p.elapsed_s
+        with StopSignals() as signals, bar:
+            while not self._done(time.perf_counter() - start_wall):
+                elapsed = time.perf_counter() - start_wall
+                lr = learning_rate(self.p.step, self._progress_fraction(elapsed), t.lr, t.min_lr, t.warmup_steps, t.decay)
+                t0 = time.perf_counter()
+                out = self._train_step(lr)
+                self.last_lr, self.last_grad_norm = lr, out["grad_norm"]
+                dt = time.perf_counter() - t0
+                self.p.step += 1
+                self.p.tokens += out["tokens"]
+                self.p.bytes += out["bytes"]
+                self.p.train_s += dt
+                w = self.p.window
+                w["nats"] += out["nats"]
+                w["tokens"] += out["tokens"]
+                w["bytes"] += out["bytes"]
+                w["steps"] += 1
+                w["train_s"] += dt
+                self.p.elapsed_s = time.perf_counter() - start_wall
+                if not math.isfinite(out["nats"]):
+                    raise OmUserError(f"{self.source}: the training loss became {out['nats']} at step {self.p.step}; lower train.lr")
+                if self.p.step % t.log_every == 0:
+                    record = self._log_window(lr, out["grad_norm"])
+                    if on_log:
+                        on_log(record)
+                bar.update(self.p, self._progress_fraction(self.p.elapsed_s, warmup=False), out, lr)
+                if t.eval_every and self.p.step % t.eval_every == 0:
+                    result.val = self._eval()
+                    evaluated_step = self.p.step
+                    self.last_val = (evaluated_step, result.val)
+                stop_now = signals.received is not None or (stop_at_step is not None and self.p.step >= stop_at_step)
+                if stop_now or (t.checkpoint_every and self.p.step % t.checkpoint_every == 0):
+                    self.p.elapsed_s = time.perf_counter() - start_wall
+                    last_saved, saved_step = self._save(), self.p.step
+                if stop_now:
+                    stopped = True
+                    result.interrupted = signals.received
+                    result.exit_code = signals.exit_code if signals.received is not None else 0
+                    break
+            if not stopped:
+                if self.p.window["steps"]:
+                    record = self._log_window(self.last_lr, self.last_grad_norm)
+                    if on_log:
+                        on_log(record)
+                if evaluated_step != self.p.step:
+                    result.val = self._eval()
+                    self.last_val = (self.p.step, result.val)
+                if saved_step != self.p.step or last_saved is None:
+                    self.p.elapsed_s = time.perf_counter() - start_wall
+                    last_saved = self._save()
+        result.checkpoint = last_saved
+        result.step = self.p.step
+        result.bytes_per_s = self.p.bytes / self.p.train_s if self.p.train_s > 0 else 0.0
+        return result
+
+
+class _ProgressBar:
+    """A rich progress bar on stderr (step, loss, bits/byte, lr, bytes/s, ETA), or nothing."""
+
+    def __init__(self, enabled: bool, console=None) -> None:
+        self.enabled = enabled
+        self.progress = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("step {task.fields[step]}"),
+            BarColumn(bar_width=12),
+            TextColumn("loss {task.fields[loss]} | {task.fields[bpb]} bpb | lr {task.fields[lr]} | {task.fields[speed]} B/s | ETA"),
+            TimeRemainingColumn(),
+            console=console if console is not None else Console(stderr=True),
+            transient=False,
+        )
+        self.task = self.progress.add_task("train", total=1000, step=0, loss="-", bpb="-", lr="-", speed="-")
+
+    def __enter__(self):
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, p: _Progress, fraction: float, out: dict, lr: float) -> None:
+        if self.progress is None:
+            return
+        loss = out["nats"] / max(1, out["tokens"])
+        self.progress.update(
+            self.task,
+            completed=int(1000 * fraction),
+            step=p.step,
+            loss=f"{loss:.3f}",
+            bpb=f"{out['nats'] / math.log(2) / max(1, out['bytes']):.3f}",
+            lr=f"{lr:.1e}",
+            speed=f"{p.bytes / p.train_s:,.0f}" if p.train_s else "-",
+        )

@@ -1,0 +1,319 @@
+"""Training recipes: the YAML schema, loading, dotted `--set` overrides and one-line errors.
+
+A recipe has four sections: `model` (every `OmConfig` field), `data`, `train` and `out`. Unknown
+keys are refused with a "did you mean" hint; every error is an `OmUserError` of one line that
+names the recipe file, the key path and the value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import sysconfig
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from om.config import OmConfig
+from om.errors import OmUserError
+
+_STRICT = ConfigDict(extra="forbid")
+
+# Names (files or folders, matched anywhere, as `om prepare --exclude` does) of standard-library
+# parts that are not representative source text: tests, installed packages, IDLE, generated tables.
+STDLIB_EXCLUDES = [
+    "test",
+    "tests",
+    "idlelib",
+    "site-packages",
+    "dist-packages",
+    "lib2to3",
+    "ensurepip",
+    "pydoc_data",
+    "__pycache__",
+]
+
+
+class DataSection(BaseModel):
+    """Where the training tokens come from: a prepared dataset folder, or sources to prepare.
+
+    With `sources`, `om train` runs `om prepare` into a cache folder keyed by the sources and the
+    codec options ($OM_CACHE_DIR/datasets/<hash>, default ~/.cache/om) and reuses it afterwards.
+    """
+
+    model_config = _STRICT
+
+    dataset: str | None = Field(None, description="a folder written by `om prepare`")
+    sources: list[str] | None = Field(None, description="files/folders to prepare; {stdlib} and ${ENV} are expanded")
+    codec: str = Field("bytes", description="bytes | chars | sentencepiece (with sources)")
+    vocab_size: int | None = Field(None, ge=1, description="codec vocabulary size (chars/sentencepiece)")
+    include: list[str] = Field(default_factory=list, description="glob patterns of files to take from source folders")
+    exclude: list[str] = Field(default_factory=list, description="glob patterns of files to skip")
+    stdlib_excludes: bool = Field(True, description="add the standard excludes when a source is {stdlib}")
+    val_fraction: float | None = Field(None, gt=0.0, lt=1.0, description="share of the data held out for validation (default: om prepare's)")
+    errors: Literal["strict", "replace"] = Field("strict", description="invalid UTF-8 for chars/sentencepiece: strict (an error) or replace (U+FFFD)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSection":
+        if (self.dataset is None) == (self.sources is None):
+            raise ValueError("give exactly one of data.dataset (a prepared folder) or data.sources (files to prepare)")
+        if self.sources is not None and not self.sources:
+            raise ValueError("data.sources is empty")
+        return self
+
+
+class TrainSection(BaseModel):
+    """How to train: batch shape, stop rule, optimizer, schedule, precision, eval and checkpoints."""
+
+    model_config = _STRICT
+
+    micro_batch_size: int = Field(8, ge=1, description="samples per forward/backward")
+    grad_accum: int = Field(1, ge=1, description="micro batches per optimizer step")
+    segments_per_sample: int = Field(2, ge=1, description="segments each sample backpropagates through")
+    state: Literal["reset", "carry"] = Field(
+        "reset", description="reset: each sample starts from the learned initial state; carry: rows read contiguous streams"
+    )
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    max_bytes: int | None = Field(None, ge=1, description="stop after this many original bytes of training targets")
+    max_minutes: float | None = Field(None, gt=0, description="stop after this much wall-clock training time")
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    decay: Literal["cosine", "constant"] = "cosine"
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decay on weight matrices (never norms, biases, initial states)")
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm (null: no clipping)")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    seed: int = 0
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(0, ge=0, description="evaluate every N steps (0: only at the end)")
+    eval_tokens: int = Field(65536, ge=2, description="validation tokens evaluated (from the start of val)")
+    eval_bytes: int | None = Field(None, ge=1, description="evaluate the val tokens covering this many bytes instead (same text for every codec)")
+    eval_batch: int = Field(8, ge=1, description="contiguous validation streams evaluated side by side")
+    checkpoint_every: int = Field(0, ge=0, description="save every N steps (0: only at the end)")
+    keep_last: int = Field(3, ge=0, description="checkpoints kept (0: all)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainSection":
+        if self.max_steps is None and self.max_bytes is None and self.max_minutes is None:
+            raise ValueError("give a stop rule: train.max_steps, train.max_bytes or train.max_minutes")
+        if self.min_lr > self.lr:
+            raise ValueError(f"train.min_lr ({self.min_lr}) is larger than train.lr ({self.lr})")
+        return self
+
+
+class OutSection(BaseModel):
+    """Where the run folder goes and what is printed at the end."""
+
+    model_config = _STRICT
+
+    dir: str = Field("runs/{recipe}", description="run folder; {recipe} is the recipe file's name without .yaml")
+    sample_bytes: int = Field(0, ge=0, description="bytes to sample after training (0: no sample)")
+    sample_prompt: str = ""
+    sample_temperature: float = Field(0.8, ge=0)
+    progress: bool = Field(True, description="show a progress bar on stderr")
+
+
+class Recipe(BaseModel):
+    """A whole training recipe. `model` is an `OmConfig`; its vocab_size defaults to the codec's."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: OmConfig = Field(default_factory=OmConfig)
+    data: DataSection
+    train: TrainSection
+    out: OutSection = Field(default_factory=OutSection)
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def hash(self) -> str:
+        return recipe_hash(self.to_dict())
+
+
+def recipe_hash(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+# Loading -------------------------------------------------------------------------------------------
+def _section_model(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class at key path `loc` of a recipe (None if it is not a model)."""
+    cls: Any = Recipe
+    for key in loc:
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or key not in cls.model_fields:
+            return None
+        cls = cls.model_fields[key].annotation
+    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(str(word), options, n=1, cutoff=0.5)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return "allowed: " + ", ".join(options)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def format_validation_error(source: str, err: ValidationError, overrides: dict[str, str] | None = None) -> str:
+    """One line naming the file (or the --set option), the key path, the problem and the value."""
+    problems = err.errors(include_url=False)
+    first = problems[0]
+    loc = tuple(str(x) for x in first["loc"])
+    path = ".".join(loc)
+    # A missing/bad key that came from an override is reported as that option.
+    where = source
+    for key, expr in (overrides or {}).items():
+        if path == key or path.startswith(key + ".") or key.startswith(path + ".") and path:
+            where = f"--set {expr}"
+            break
+    if first["type"] == "extra_forbidden":
+        parent = _section_model(tuple(first["loc"])[:-1])
+        options = list(parent.model_fields) if parent else []
+        msg = f"{where}: {path}: unknown key; {_did_you_mean(loc[-1], options)}"
+    elif first["type"] == "missing":
+        msg = f"{where}: {path}: required key is missing"
+    elif first["type"] in ("value_error", "assertion_error") or not loc:
+        text = first["msg"].removeprefix("Value error, ")
+        msg = f"{where}: {path + ': ' if path else ''}{text}"
+    else:
+        msg = f"{where}: {path}: {first['msg']} (got {_show(first.get('input'))})"
+    if len(problems) > 1:
+        msg += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
+    return msg
+
+
+def parse_override(expr: str) -> tuple[list[str], Any]:
+    """`train.lr=3e-4` -> (["train", "lr"], 0.0003); the value is parsed as YAML."""
+    key, sep, value = expr.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise OmUserError(f"--set {expr}: expected KEY.PATH=VALUE, e.g. train.lr=3e-4")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise OmUserError(f"--set {expr}: value is not valid YAML ({' '.join(str(err).split())})") from None
+    return key.split("."), parsed
+
+
+_DATA_CHOICE = {"dataset": "sources", "sources": "dataset"}
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict[str, str]:
+    """Apply `--set` expressions to the raw recipe dict in place; return {key path: expression}.
+
+    Each key must exist in the schema (same "did you mean" hint as in the file).
+    """
+    applied: dict[str, str] = {}
+    for expr in overrides:
+        keys, value = parse_override(expr)
+        cls: Any = Recipe
+        node = raw
+        for depth, key in enumerate(keys):
+            is_model = isinstance(cls, type) and issubclass(cls, BaseModel)
+            if is_model and key not in cls.model_fields:
+                where = ".".join(keys[: depth + 1])
+                raise OmUserError(f"--set {expr}: {where}: unknown key; {_did_you_mean(key, list(cls.model_fields))}")
+            if not is_model:
+                raise OmUserError(f"--set {expr}: {'.'.join(keys[:depth])} has no sub-keys")
+            cls = cls.model_fields[key].annotation
+            if depth == len(keys) - 1:
+                node[key] = value
+                # data.dataset and data.sources exclude each other: setting one replaces the other.
+                if keys[:-1] == ["data"] and key in _DATA_CHOICE and value is not None:
+                    node.pop(_DATA_CHOICE[key], None)
+            else:
+                child = node.get(key)
+                if not isinstance(child, dict):
+                    child = {}
+                    node[key] = child
+                node = child
+        applied[".".join(keys)] = expr
+    return applied
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise OmUserError(f"{p}: no such recipe file")
+    if p.is_dir():
+        raise OmUserError(f"{p}: is a folder, expected a recipe .yaml file")
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError:
+        raise OmUserError(f"{p}: not a text file") from None
+    return parse_yaml(text, str(p))
+
+
+def parse_yaml(text: str, source: str) -> dict:
+    """Recipe text -> raw dict; `source` names it in errors."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise OmUserError(f"{source}: {at}invalid YAML ({' '.join(str(problem).split())})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise OmUserError(f"{source}: a recipe must be a mapping with sections model, data, train, out")
+    return raw
+
+
+def validate_recipe(raw: dict, source: str = "recipe", overrides: dict[str, str] | None = None) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise OmUserError(format_validation_error(source, err, overrides)) from None
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
+    """Read, override and validate a recipe file (None: the built-in quickstart recipe)."""
+    if path is None:
+        from om.train.quickstart import QUICKSTART_NAME, QUICKSTART_YAML
+
+        raw, source, stem = parse_yaml(QUICKSTART_YAML, QUICKSTART_NAME), QUICKSTART_NAME, "quickstart"
+    else:
+        raw, source, stem = read_yaml(path), str(path), Path(path).stem
+    applied = apply_overrides(raw, list(overrides))
+    recipe = validate_recipe(raw, source, applied)
+    recipe.out.dir = recipe.out.dir.replace("{recipe}", stem)
+    return recipe
+
+
+# Path placeholders --------------------------------------------------------------------------------
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def stdlib_dir() -> str:
+    return sysconfig.get_paths()["stdlib"]
+
+
+def expand_path(text: str, where: str) -> str:
+    """Expand {stdlib}, ${NAME} / ${NAME:-default} and ~ in a recipe path."""
+
+    def env(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        value = os.environ.get(name) or default
+        if value is None:
+            raise OmUserError(f"{where}: environment variable {name} is not set (in {text!r})")
+        return value
+
+    out = _ENV.sub(env, text).replace("{stdlib}", stdlib_dir())
+    return os.path.expanduser(out)

@@ -1,0 +1,93 @@
+"""Training pieces: optimizer parameter groups, the LR schedule, deterministic batches, eval slices."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from om import OmConfig, OmLLM
+from om.data import BytesCodec
+from om.train.batches import BatchSampler, eval_windows
+from om.train.evaluate import tokens_for_bytes
+from om.train.optim import param_groups
+from om.train.schedule import budget_progress, learning_rate
+
+
+def test_weight_decay_skips_norms_biases_and_initial_states():
+    model = OmLLM(OmConfig(vocab_size=257, dim=32, n_layers=2, n_heads=2, dims_key=[8, 4], dims_value=[8, 4], segment_len=8, state_len=4))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}  # a tied weight under its first name
+    decayed = {names[id(p)] for p in decay["params"]}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert all(("norm" in n or n.endswith(".bias") or n.endswith("initial_state")) for n in skipped)
+    assert not any("norm" in n or n.endswith(".bias") or n.endswith("initial_state") for n in decayed)
+    assert "embed.weight" in decayed and "layers.0.arc.proj_out.weight" in decayed
+    assert any("pass_weights" in n for n in decayed)  # the per-head matrices of later passes
+    # Every parameter exactly once (the tied head weight is the embedding).
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_schedule_warmup_then_cosine_to_min_lr():
+    lr = lambda step, progress: learning_rate(step, progress, 1e-3, 1e-4, 10)  # noqa: E731
+    assert lr(0, 0.0) == pytest.approx(1e-4) and lr(9, 0.0) == pytest.approx(1e-3)
+    assert lr(10, 0.0) == pytest.approx(1e-3)
+    assert lr(50, 0.5) == pytest.approx(5.5e-4)
+    assert lr(99, 1.0) == pytest.approx(1e-4) and lr(200, 3.0) == pytest.approx(1e-4)
+    assert learning_rate(50, 0.7, 1e-3, 1e-4, 10, "constant") == 1e-3
+    # The first stop rule to be reached drives the decay.
+    assert budget_progress(60, 0, 0.0, 110, None, None, warmup_steps=10) == pytest.approx(0.5)
+    assert budget_progress(10, 900, 0.0, 1000, 1000, None) == pytest.approx(0.9)
+    assert budget_progress(10, 0, 90.0, None, None, 2.0) == pytest.approx(0.75)
+    assert budget_progress(10**6, 0, 0.0, 100, None, None) == 1.0
+
+
+def test_reset_batches_depend_only_on_seed_and_step():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    a = BatchSampler(tokens, 16, 4, 2, seed=3, mode="reset")
+    b = BatchSampler(tokens, 16, 4, 2, seed=3, mode="reset")
+    first = a.batch(5, 1)
+    a.batch(6, 0)
+    again = b.batch(5, 1)
+    assert torch.equal(first.inputs, again.inputs) and first.inputs.dtype == torch.int64
+    assert torch.equal(first.targets[:, :-1], first.inputs[:, 1:])  # contiguous windows, shifted targets
+    assert (np.diff(first.inputs.numpy(), axis=1) == 1).all()
+    assert not torch.equal(first.inputs, a.batch(5, 0).inputs)
+    assert not torch.equal(first.inputs, BatchSampler(tokens, 16, 4, 2, seed=4, mode="reset").batch(5, 1).inputs)
+
+
+def test_carry_streams_continue_and_restart_at_the_wrap():
+    tokens = np.arange(1_000, dtype=np.uint16)
+    s = BatchSampler(tokens, 16, 3, 2, seed=0, mode="carry")
+    first = s.batch(0, 1)
+    assert first.reset.all()
+    starts = [s.positions(step, 1)[0] for step in range(80)]
+    resets = [s.positions(step, 1)[1] for step in range(80)]
+    for step in range(1, 80):
+        moved = starts[step] - starts[step - 1]
+        assert ((moved == 16) | resets[step]).all()  # each row reads on where it stopped, unless it wrapped
+        assert (starts[step] + 17 <= len(tokens)).all()
+    assert any(r.any() for r in resets[1:])
+    # Rows of both micro batches are distinct streams.
+    assert len(set(s.positions(0, 0)[0]) | set(s.positions(0, 1)[0])) == 6
+
+
+def test_too_little_data_is_a_user_error():
+    from om.errors import OmUserError
+
+    with pytest.raises(OmUserError, match="fewer than one sample of 17"):
+        BatchSampler(np.arange(10, dtype=np.uint16), 16, 2, 1, 0, "reset")
+
+
+def test_eval_windows_and_bytes_slices():
+    tokens = np.arange(101, dtype=np.uint16)
+    w = eval_windows(tokens, 40, 4)
+    assert w.shape == (4, 11) and torch.equal(w[1, 0], w[0, -1])  # contiguous streams, sharing edges
+    codec = BytesCodec()
+    ids = np.array([65, 256, 66, 67, 256, 68], dtype=np.uint16)  # separators cover no bytes
+    assert tokens_for_bytes(codec, ids, 2) == 3
+    assert tokens_for_bytes(codec, ids, 4) == 6 and tokens_for_bytes(codec, ids, 100) == 6
+    assert math.isclose(tokens_for_bytes(codec, np.arange(256, dtype=np.uint16), 10), 10)
