@@ -162,7 +162,7 @@ def main() -> None:
         run_dir = train_om(name, dataset, model, args.minutes)
         report = eval_om(run_dir, val_txt)
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        train_rows = [m for m in metrics if "train_loss" in m]
+        train_rows = [m for m in metrics if m.get("event") == "train"]
         results[name] = {"bits_per_byte": report["bits_per_byte"], "parameters": param_count(model, vocab),
                          "train_bytes": train_rows[-1].get("bytes", None) if train_rows else None,
                          "steps": train_rows[-1]["step"] if train_rows else None, "model": model}

@@ -23,7 +23,9 @@ def _run(*args, input=None):
     return CliRunner().invoke(app, ["prepare", *map(str, args)], input=input)
 
 
-def test_cli_prepares_and_prints_the_folder(tmp_path):
+def test_cli_prepares_and_prints_the_folder(tmp_path, monkeypatch):
+    # CliRunner does not set sys.argv; the command line recorded in meta.json comes from it.
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/om", "prepare", "corpus", "-o", "ds"])
     for i in range(12):
         (tmp_path / "corpus").mkdir(exist_ok=True)
         (tmp_path / "corpus" / f"{i}.txt").write_text(f"text number {i}\n" * (i + 1))
@@ -34,7 +36,7 @@ def test_cli_prepares_and_prints_the_folder(tmp_path):
     assert "train" in result.stderr and "val" in result.stderr and "bytes/token" in result.stderr
     ds = open_dataset(out)
     assert ds.codec.name == "chars" and ds.codec.vocab_size <= 40
-    assert ds.meta["command_line"].startswith("om ") and ds.meta["split"]["val_fraction"] == 0.2
+    assert ds.meta["command_line"] == "om prepare corpus -o ds" and ds.meta["split"]["val_fraction"] == 0.2
 
 
 def test_cli_reads_stdin(tmp_path):
