@@ -14,6 +14,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 
 import torch
@@ -74,12 +77,46 @@ def matched_plain(om_params: int, context: int) -> PlainTransformer:
     return PlainTransformer(256, best[1], REFERENCE["n_layers"], max(1, best[1] // 64), context)
 
 
+def measure_variant(label: str, key: str, steps: int, data: torch.Tensor) -> tuple[float, float]:
+    """(bytes/s, seconds of the first call) of the reference Om model for one precision/compile variant."""
+    train = key == "train"
+    torch.manual_seed(0)
+    model = OmLLM(OmConfig(**REFERENCE)).train(train)
+    if label.endswith("torch.compile"):
+        model.compile()  # in place: model(...) and model.loss(...) run the compiled forward
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if train else None
+    fn = step_fn(model, data, train, "bf16" if label.startswith("bf16") else "fp32", opt)
+    first_start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - first_start
+    return data[:, :-1].numel() / time_steps(fn, steps, warmup=1), first
+
+
+def measure_in_subprocess(label: str, key: str, steps: int) -> tuple[float | str, float]:
+    """measure_variant in a child process; a crash comes back as a short description instead of a rate."""
+    argv = [sys.executable, "-m", "bench.speed", "--variant", label, "--mode", key, "--steps", str(steps)]
+    child = subprocess.run(argv, capture_output=True, text=True)
+    if child.returncode != 0:
+        last = (child.stderr.strip().splitlines() or ["no message"])[-1][:120]
+        return f"failed (exit {child.returncode}: {last})", 0.0
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    return result["rate"], result["first_call_s"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: measure one variant, print JSON
+    parser.add_argument("--mode", choices=["train", "eval"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.variant:
+        torch.manual_seed(0)
+        data = torch.randint(0, 256, (BATCH, SEGMENTS * REFERENCE["segment_len"] + 1))
+        rate, first = measure_variant(args.variant, args.mode, args.steps, data)
+        print(json.dumps({"rate": rate, "first_call_s": first}))
+        return
 
     torch.manual_seed(0)
     om_model = OmLLM(OmConfig(**REFERENCE))
@@ -105,24 +142,21 @@ def main() -> None:
         print(speed_rows[-1], flush=True)
     ratio = speeds["Om"] / speeds["plain Transformer"]
 
-    # 3: precisions and compile, Om only.
-    variants = [("fp32", False), ("bf16 autocast", False)] + ([] if args.no_compile else [("fp32 + torch.compile", True)])
-    precision_rows, base, compile_seconds = [], {}, {}
-    for label, compiled in variants:
-        precision = "bf16" if label.startswith("bf16") else "fp32"
+    # 3: precisions and compile, Om only. Each compiled measurement runs in its own process: a
+    # crash inside the compiler (native aborts have happened on CPU) becomes a row, not a lost run.
+    variants = ["fp32", "bf16 autocast"] + ([] if args.no_compile else ["fp32 + torch.compile"])
+    precision_rows, base, first_call = [], {}, {}
+    for label in variants:
         row = [label]
-        for train in (True, False):
-            key = "train" if train else "eval"
-            torch.manual_seed(0)
-            model = OmLLM(OmConfig(**REFERENCE)).train(train)
-            if compiled:
-                model.compile()  # in place: model(...) and model.loss(...) run the compiled forward
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if train else None
-            fn = step_fn(model, data, train, precision, opt)
-            first_start = time.perf_counter()
-            fn()
-            compile_seconds[key] = time.perf_counter() - first_start
-            rate = bytes_per_step / time_steps(fn, args.steps, warmup=1)
+        for key in ("train", "eval"):
+            if label.endswith("torch.compile"):
+                rate, first = measure_in_subprocess(label, key, args.steps)
+            else:
+                rate, first = measure_variant(label, key, args.steps, data)
+            if isinstance(rate, str):
+                row += [rate, ""]
+                continue
+            first_call[label, key] = first
             base.setdefault(key, rate)
             row += [f"{rate:,.0f}", f"{rate / base[key]:.2f}x"]
         precision_rows.append(row)
@@ -131,9 +165,10 @@ def main() -> None:
     table1 = markdown_table(["model (fp32, batch 8 x 512)", "parameters", "MFLOP/byte (fwd+bwd)", "train bytes/s", "GFLOP/s", "MFU"], speed_rows)
     table2 = markdown_table(["Om reference model", "train bytes/s", "vs fp32", "eval bytes/s", "vs fp32"], precision_rows)
     compile_note = ""
-    if not args.no_compile:
-        compile_note = (f"\n\ntorch.compile's first call (compilation included) took {compile_seconds['train']:.0f} s (train) "
-                        f"and {compile_seconds['eval']:.0f} s (eval).")
+    compiled = {key: s for (label, key), s in first_call.items() if label.endswith("torch.compile")}
+    if compiled:
+        compile_note = "\n\ntorch.compile's first call (compilation included) took " + " and ".join(
+            f"{s:.0f} s ({key})" for key, s in compiled.items()) + "."
     text = (
         f"Om / plain training speed ratio: {ratio:.2f}; dense fp32 matmul peak: {peak:.1f} GFLOP/s.\n\n"
         + table1 + "\n\n" + table2 + compile_note

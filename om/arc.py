@@ -171,6 +171,9 @@ class ARCformer(nn.Module):
         self.mlp_out = nn.Linear(c.mlp_hidden, c.dim, bias=False)
         self.dropout = nn.Dropout(c.dropout)
         self.initial_state = nn.Parameter(torch.randn(c.state_len, c.dim) * c.init_std)
+        self.state_gate = None
+        if c.state_update == "gated" and c.state_len > 0:
+            self.state_gate = nn.Linear(c.dim, c.dim)  # OmLLM starts its bias at +1: keep ~73% of the old state
 
     def forward(self, x: Tensor, state: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
         out = self.extend(x, state, offset, cache=None, finish=True)
@@ -183,4 +186,9 @@ class ARCformer(nn.Module):
         next_state = out.next_state
         if finish and self.arc.state_len == 0:
             next_state = state
+        elif finish and self.state_gate is not None:
+            # A convex mix of old and new state: bounded like "replace", but information can stay
+            # for many segments without being re-copied by attention at every step.
+            keep = torch.sigmoid(self.state_gate(next_state))
+            next_state = keep * state + (1.0 - keep) * next_state
         return ARCOutput(y, out.cache, next_state)

@@ -11,20 +11,26 @@ Layout of one checkpoint folder (e.g. ``run/checkpoints/step-0000100/``):
 - ``trainer.json``: whatever the caller passes (step, RNG states, ...) plus ``files`` (sha256 of
   every other file in the folder), ``dataset`` (location + fingerprint) and ``format``.
 
-A checkpoint is written into a temporary sibling folder and renamed into place, so a reader sees
-either the whole checkpoint or none of it. The run folder's ``checkpoints/latest`` file names the
-newest checkpoint.
+A checkpoint is written into a hidden temporary sibling folder (``.tmp-step-N-PID-HOST-*``), every
+file fsynced, then renamed into place, so a reader sees either the whole checkpoint or none of it;
+an old checkpoint is renamed to a hidden name before it is deleted, so it never looks complete
+while half deleted. Leftovers of a killed writer are removed by `remove_stale_temporaries`. The run
+folder's ``checkpoints/latest`` file names the newest checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
+import secrets
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -33,7 +39,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from om.config import OmConfig
-from om.errors import OmUserError
+from om.errors import OmRunError, OmUserError
+from om.memory import check_fits, inference_estimate, parameter_count
 from om.model import OmLLM
 
 FORMAT = "om-checkpoint/1"
@@ -45,6 +52,10 @@ TRAINER_FILE = "trainer.json"
 LATEST_FILE = "latest"
 CHECKPOINTS_DIR = "checkpoints"
 STEP_PREFIX = "step-"
+TMP_PREFIX = ".tmp-"  # a checkpoint being written
+OLD_PREFIX = ".old-"  # a checkpoint being replaced or deleted
+# `.tmp-step-0000004-PID-HOST-xxxx`, `.old-step-0000004-PID-HOST-xxxx`, `.latest.tmp-PID-HOST`
+_TEMP_NAME = re.compile(r"^(?:\.(?:tmp|old)-" + STEP_PREFIX + r"\d+|\." + LATEST_FILE + r"\.tmp)-(\d+)-(\w+?)(?:-[^-]*)?$")
 
 
 @dataclass
@@ -182,6 +193,22 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def _owner() -> str:
+    """`PID-HOST` of this process: marks its temporary names, so leftovers of a dead writer can be found."""
+    host = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
+    return f"{os.getpid()}-{host}"
+
+
+def write_failure_reason(err: BaseException) -> str | None:
+    """The reason text of a failed write (full disk, I/O error), or None for other exceptions."""
+    if isinstance(err, OSError):
+        return err.strerror or _one_line(err)
+    if isinstance(err, SafetensorError):  # the Rust writer wraps the OS error in its message
+        m = re.search(r"I/O error: (.*?) \(os error \d+\)", str(err))
+        return m.group(1) if m else None
+    return None
+
+
 def save_checkpoint(
     directory: str | Path,
     model: nn.Module,
@@ -196,11 +223,12 @@ def save_checkpoint(
 
     `trainer` is stored in trainer.json with ``files`` (sha256 of every other file), ``dataset``
     and ``format`` added. `tensors` (optional) go to state.safetensors. An existing folder at
-    `directory` is replaced.
+    `directory` is replaced. A failed write (a full disk, an I/O error) removes the temporary folder
+    and raises `OmRunError`; an existing checkpoint at `directory` is then left as it was.
     """
     final = Path(directory)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-{_owner()}-", dir=final.parent))
     try:
         save_weights(model, tmp / MODEL_FILE)
         if optimizer is not None:
@@ -220,17 +248,23 @@ def save_checkpoint(
         meta["format"] = FORMAT
         meta["dataset"] = dataset
         meta["files"] = files
+        # trainer.json is written last: a folder without it is never taken for a checkpoint.
         _write_json(tmp / TRAINER_FILE, meta)
         _fsync_dir_files(tmp)
+        _fsync_dir(tmp)
         if final.exists():
-            old = final.parent / f".old-{final.name}-{os.getpid()}"
+            old = final.parent / f"{OLD_PREFIX}{final.name}-{_owner()}-{secrets.token_hex(4)}"
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except BaseException:
+        _fsync_dir(final.parent)
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        reason = write_failure_reason(err)
+        if reason is not None:
+            raise OmRunError(f"{final}: cannot write the checkpoint ({reason}); nothing of it was kept") from None
         raise
     return final
 
@@ -242,31 +276,113 @@ def _fsync_dir_files(folder: Path) -> None:
                 os.fsync(f.fileno())
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (a rename into it) durable; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on folders; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
 def write_latest(checkpoints_dir: str | Path, checkpoint: str | Path) -> None:
     """Point `checkpoints_dir/latest` at `checkpoint` (a folder inside it), atomically."""
     checkpoints_dir = Path(checkpoints_dir)
-    tmp = checkpoints_dir / f".{LATEST_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(Path(checkpoint).name + "\n")
-    os.replace(tmp, checkpoints_dir / LATEST_FILE)
+    tmp = checkpoints_dir / f".{LATEST_FILE}.tmp-{_owner()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(Path(checkpoint).name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, checkpoints_dir / LATEST_FILE)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OmRunError(f"{checkpoints_dir / LATEST_FILE}: cannot write ({err.strerror or _one_line(err)})") from None
+
+
+def _step_of(folder: Path) -> int | None:
+    digits = folder.name[len(STEP_PREFIX) :]
+    return int(digits) if folder.name.startswith(STEP_PREFIX) and digits.isdigit() else None
 
 
 def list_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
-    """Complete-looking checkpoint folders (with trainer.json) in `checkpoints_dir`, oldest first."""
+    """Complete-looking checkpoint folders (with trainer.json) in `checkpoints_dir`, oldest (lowest
+    step) first."""
     folder = Path(checkpoints_dir)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX) and (p / TRAINER_FILE).is_file()]
-    return sorted(found, key=lambda p: p.name)
+    found = [p for p in folder.iterdir() if p.is_dir() and _step_of(p) is not None and (p / TRAINER_FILE).is_file()]
+    return sorted(found, key=_step_of)
+
+
+def newest_complete_checkpoint(checkpoints_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """The checkpoint with the highest step in `checkpoints_dir` whose files all match their
+    checksums (None if there is none), and the reason each newer folder was passed over."""
+    passed_over: list[str] = []
+    for folder in reversed(list_checkpoints(checkpoints_dir)):
+        try:
+            verify_checkpoint(folder)
+        except OmUserError as err:
+            passed_over.append(str(err))
+            continue
+        return folder, passed_over
+    return None, passed_over
+
+
+def remove_stale_temporaries(checkpoints_dir: str | Path) -> list[Path]:
+    """Delete the hidden leftovers (a half-written checkpoint, a half-deleted old one, a `latest`
+    being written) of writers on this host whose process is gone, e.g. killed with SIGKILL.
+    Returns what was removed."""
+    folder = Path(checkpoints_dir)
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return []
+    host = _owner().split("-", 1)[1]
+    removed = []
+    for entry in entries:
+        m = _TEMP_NAME.match(entry.name)
+        if m is None or m.group(2) != host or _pid_alive(int(m.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def prune_checkpoints(checkpoints_dir: str | Path, keep_last: int, protect: Path | None = None) -> None:
-    """Delete all but the newest `keep_last` checkpoints (never `protect`); keep_last <= 0 keeps all."""
+    """Delete all but the newest `keep_last` checkpoints (never `protect`); keep_last <= 0 keeps all.
+
+    Each is first renamed to a hidden name, so a kill during the deletion leaves no half-deleted
+    folder that looks like a checkpoint."""
     if keep_last <= 0:
         return
     found = list_checkpoints(checkpoints_dir)
     for old in found[:-keep_last]:
         if protect is None or old.resolve() != Path(protect).resolve():
-            shutil.rmtree(old, ignore_errors=True)
+            trash = old.parent / f"{OLD_PREFIX}{old.name}-{_owner()}-{secrets.token_hex(4)}"
+            try:
+                os.replace(old, trash)
+            except OSError:
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 # Finding and loading ------------------------------------------------------------------------------
@@ -285,8 +401,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
             continue
         latest = folder / LATEST_FILE
         if latest.is_file():
-            target = folder / latest.read_text().strip()
-            if target.is_dir():
+            name = latest.read_text().strip()
+            target = folder / name
+            if name.startswith(STEP_PREFIX) and target.is_dir():
                 return target
         found = list_checkpoints(folder)
         if found:
@@ -296,6 +413,47 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
+
+
+def _inside(name: object) -> bool:
+    """Whether `name` is a relative path that stays inside the folder it is relative to."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        return False
+    pure = PurePosixPath(name)
+    return not pure.is_absolute() and ".." not in pure.parts
+
+
+def _config_problem(err: ValueError) -> str:
+    """The first problem of a config that failed validation, without pydantic's URLs."""
+    errors = getattr(err, "errors", None)
+    if not callable(errors):
+        return _one_line(err)
+    first = errors(include_url=False)[0]
+    where = ".".join(str(x) for x in first["loc"])
+    return _one_line(f"{where}: {first['msg']}" if where else first["msg"])
+
+
+def _check_weights_file(config: OmConfig, model_file: Path, config_file: Path) -> None:
+    """Refuse, before building the model, weights whose element count is not the config's.
+
+    Reads only the safetensors header, so a config.json claiming a huge model next to small
+    weights (or weights of another model) is caught without allocating anything.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(model_file), framework="pt", device="cpu") as f:
+            stored = 0
+            for name in f.keys():
+                stored += math.prod(f.get_slice(name).get_shape())
+    except (SafetensorError, OSError, ValueError) as err:
+        raise OmUserError(f"{model_file}: not a valid safetensors file ({_one_line(err)})") from None
+    expected = parameter_count(config)
+    if stored != expected:
+        raise OmUserError(
+            f"{model_file}: weights do not fit {config_file} (the file holds {stored:,} values, "
+            f"the config describes {expected:,} parameters)"
+        )
 
 
 def verify_checkpoint(path: str | Path) -> dict:
@@ -315,6 +473,8 @@ def verify_checkpoint(path: str | Path) -> dict:
     if not isinstance(files, dict) or MODEL_FILE not in files:
         raise OmUserError(f"{trainer_file}: corrupt checkpoint metadata (no checksum list with {MODEL_FILE})")
     for name, expected in files.items():
+        if not _inside(name):  # a hostile trainer.json must not make us read /dev/zero or a FIFO
+            raise OmUserError(f"{trainer_file}: corrupt checkpoint metadata (file name {name!r} is not inside the checkpoint)")
         file = folder / name
         if not file.is_file():
             raise OmUserError(f"{file}: missing; the checkpoint {folder} is partial")
@@ -335,15 +495,21 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     except FileNotFoundError:
         raise OmUserError(f"{config_file}: missing; the checkpoint {folder} is partial") from None
     except ValueError as err:
-        raise OmUserError(f"{config_file}: not a valid model config ({_one_line(err)})") from None
-    model = OmLLM(config)
+        raise OmUserError(f"{config_file}: not a valid model config ({_config_problem(err)})") from None
     model_file = folder / MODEL_FILE
+    _check_weights_file(config, model_file, config_file)
+    check_fits(inference_estimate(config), device, str(config_file))
+    model = OmLLM(config)
     try:
         load_weights(model, model_file, device)
     except (SafetensorError, RuntimeError, KeyError, json.JSONDecodeError) as err:
         raise OmUserError(f"{model_file}: weights do not fit {config_file} ({_one_line(err)})") from None
     model.to(device).eval()
     codec = load_codec(folder)
+    if codec.vocab_size != config.vocab_size:
+        raise OmUserError(
+            f"{folder / 'codec.json'}: the codec has {codec.vocab_size} ids but {config_file} says vocab_size {config.vocab_size}"
+        )
     return Checkpoint(
         path=folder,
         config=config,

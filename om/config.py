@@ -33,6 +33,9 @@ class OmConfig(BaseModel):
     mlp_ratio: float = Field(4.0, gt=0, description="MLP hidden width as a multiple of dim")
     segment_len: int = Field(128, ge=1, description="segment length L (positions per recurrent step)")
     state_len: int = Field(16, ge=0, description="state length S per layer (0 turns the memory off)")
+    state_update: Literal["replace", "gated"] = Field(
+        "replace", description="replace: the write rows become the next state (the Om design); gated: a learned "
+        "per-channel mix of the old state and the write rows")
     stem_kernels: list[int] = Field(default_factory=lambda: [2, 3, 4], description="causal conv stem kernel widths ([] disables the stem)")
     positional: Positional = Field("rope", description="rope | cope | rope+cope | none")
     rope_base: float = Field(10000.0, gt=1.0)

@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from om.errors import OmUserError
+from om.errors import OmRunError, OmUserError
 from om.state import OmState
 
 FORMAT = "om-context-cache"
@@ -104,8 +104,13 @@ def save_context(path: str | Path, context: StreamContext, checkpoint_fingerprin
     try:
         save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        from om.checkpoint import write_failure_reason  # late: om.checkpoint loads the model code
+
+        reason = write_failure_reason(err)
+        if reason is not None:  # a full disk: one line, nothing left behind
+            raise OmRunError(f"{path}: cannot write the context cache ({reason}); nothing was written") from None
         raise
     return path
 

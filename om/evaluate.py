@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from om.context_cache import StreamContext
-from om.errors import OmUserError
+from om.errors import OmUserError, printable
 
 CHUNK_BYTES = 1 << 20
 LOGITS_BUDGET = 64 << 20  # bytes of float32 logits per window, all rows together
@@ -212,7 +212,7 @@ class StreamResult:
     def to_dict(self) -> dict:
         bpb, bpt = self.bits_per_byte, self.bits_per_token
         return {
-            "name": self.name,
+            "name": printable(self.name),
             "bits_per_byte": bpb,
             "byte_perplexity": _pow2(bpb),
             "bits_per_token": bpt,

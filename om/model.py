@@ -40,6 +40,8 @@ class OmLLM(nn.Module):
         for layer in self.layers:
             for proj in (layer.arc.proj_out, layer.mlp_out):
                 nn.init.normal_(proj.weight, std=c.init_std / math.sqrt(2 * c.n_layers))
+            if layer.state_gate is not None:
+                nn.init.constant_(layer.state_gate.bias, 1.0)  # start by keeping ~73% of the old state
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):

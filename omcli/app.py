@@ -47,9 +47,16 @@ from omcli import train as _train; app.command("train")(_train.train)  # noqa: E
 
 def main() -> None:
     """Run the app; usage errors (a flag's value of the wrong type, an unknown option) become one
-    line on stderr with exit code 2, like every other bad input."""
+    line on stderr with exit code 2, like every other bad input. A closed stdout pipe (`om ... |
+    head -c 1`) ends the program quietly with exit code 0."""
     try:
         code = app(standalone_mode=False)
+        sys.stdout.flush()  # here, not at interpreter exit, so a closed pipe is caught below
+    except BrokenPipeError:
+        from omcli.common import silence_stdout
+
+        silence_stdout()
+        sys.exit(0)
     except UsageError as err:
         message = " ".join(err.format_message().split())
         if message:  # empty when the help was shown for a bare `om`

@@ -26,8 +26,9 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def _print_table(report: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from omcli.common import StdoutConsole as Console
 
     console = Console(highlight=False)
     if not console.is_terminal:  # piped: do not fold long input names at 80 columns

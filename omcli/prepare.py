@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import typer
 
+from om.errors import printable
 from omcli.common import stderr, user_errors
 
 
@@ -90,4 +91,4 @@ def prepare(
         table, note = _summary(meta, time.perf_counter() - started)
         stderr.print(table)
         stderr.print(note, highlight=False)
-    print(output)
+    print(printable(str(output)))  # stdout may not accept a non-UTF-8 folder name as is

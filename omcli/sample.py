@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from omcli.common import stderr, user_errors
+from omcli.common import silence_stdout, stderr, user_errors
 from omcli.eval import CACHE_HELP, CKPT_HELP, DEVICE_HELP, ERRORS_HELP
 
 
@@ -30,16 +30,6 @@ def _read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> bytes:
     if stdin is None or stdin.isatty():
         return b""  # nothing piped in: an empty prompt rather than waiting on the terminal
     return stdin.buffer.read()
-
-
-def _silence_stdout() -> None:
-    """After a closed pipe: point stdout at /dev/null so the interpreter's final flush is quiet."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass  # not a real file descriptor (tests); nothing to silence
 
 
 @user_errors("sample")
@@ -80,7 +70,7 @@ def sample_command(
             out.flush()
             written += len(piece)
     except BrokenPipeError:
-        _silence_stdout()
+        silence_stdout()
         return
     seconds = time.perf_counter() - t0
     stderr.print(

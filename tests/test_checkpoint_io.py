@@ -19,7 +19,7 @@ from om.checkpoint import (
     write_latest,
 )
 from om.data import BytesCodec
-from om.errors import OmUserError
+from om.errors import OmRunError, OmUserError
 
 
 def _tiny(tie: bool = True):
@@ -101,7 +101,8 @@ def test_write_is_atomic_on_failure(tmp_path):
 
     config, model, opt = _tiny()
     target = tmp_path / "checkpoints" / step_dir_name(3)
-    with pytest.raises(OSError, match="disk full"):
+    # A failed write is reported as a failed run (exit code 1 in the CLI), naming the folder.
+    with pytest.raises(OmRunError, match=r"step-0000003: cannot write the checkpoint \(disk full\)"):
         save_checkpoint(target, model, config, BrokenCodec(), {"step": 3}, optimizer=opt)
     assert list((tmp_path / "checkpoints").iterdir()) == []  # no half-written folder, no temp left
 

@@ -148,6 +148,23 @@ def test_arcformer_uses_learned_initial_state():
     assert y.shape == (2, 8, 32) and s.shape == (2, 4, 32)
 
 
+def test_gated_state_update_is_a_per_channel_mix_of_old_and_new_state():
+    torch.manual_seed(0)
+    replace = ARCformer(tiny_config())
+    gated = ARCformer(tiny_config(state_update="gated"))
+    gated.load_state_dict(replace.state_dict(), strict=False)  # same ARC, so the same write rows
+    torch.nn.init.normal_(gated.state_gate.weight, std=0.5)
+    x, state = torch.randn(2, 8, 32), torch.randn(2, 4, 32)
+    _, new = replace(x, state)
+    _, mixed = gated(x, state)
+    keep = torch.sigmoid(gated.state_gate(new))
+    torch.testing.assert_close(mixed, keep * state + (1 - keep) * new)
+    lo, hi = torch.minimum(state, new), torch.maximum(state, new)
+    assert bool(((mixed >= lo - 1e-6) & (mixed <= hi + 1e-6)).all())  # bounded: never leaves [old, new]
+    assert not torch.allclose(mixed, new) and not torch.allclose(mixed, state)
+    assert "state_gate.weight" not in replace.state_dict()  # the Om design has no gate
+
+
 # -- Dropout and eval mode ------------------------------------------------------------------------
 def test_eval_mode_is_deterministic_with_dropout_configured():
     model = tiny_model(seed=7, dropout=0.5)

@@ -16,6 +16,7 @@ CONFIGS = {
     "wide-stem": dict(stem_kernels=[2, 3, 4, 11]),  # tail longer than a segment
     "no-memory": dict(state_len=0),
     "three-passes": dict(dims_key=[8, 6, 4], dims_value=[8, 4, 6]),
+    "gated-state": dict(state_update="gated"),
 }
 MODELS = {name: tiny_model(seed=i, **cfg) for i, (name, cfg) in enumerate(CONFIGS.items())}
 

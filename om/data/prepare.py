@@ -9,6 +9,7 @@ Everything is written into a temporary folder that replaces DIR only at the very
 from __future__ import annotations
 
 import bisect
+import errno
 import hashlib
 import json
 import os
@@ -24,12 +25,14 @@ from om.data.progress import ProgressEvent, RichProgress
 from om.data.sources import Source, read_at, read_chunks, resolve_inputs
 from om.data.split import SplitPlan, check_val_fraction, plan_split, tail_cut
 from om.data.utf8 import Utf8Decoder, check_errors
-from om.errors import OmUserError
+from om.errors import OmRunError, OmUserError, printable
 
 DEFAULT_VAL_FRACTION = 0.1
 CHUNK_SIZES = {"bytes": 8 << 20, "chars": 2 << 20, "sentencepiece": 1 << 20}
 SAMPLE_BYTES = 1 << 20  # SentencePiece trains on at most this much text (training time grows fast)...
 SAMPLE_WINDOW = 32 << 10  # ...taken as windows this long, spread evenly over the training split
+# Errors that can only come from writing the output (a full disk, a quota, a file size limit).
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 class _SplitWriter:
@@ -177,11 +180,16 @@ class _Run:
                 writer = writers[plan.split_of(i) if plan.method == "documents" else "train"]
                 encoder = codec.encoder(self.errors, source=src.name)
                 digest, size = hashlib.sha256(), 0
+                # A regular file must still hold the bytes it held when listed (pseudo-files such as
+                # /proc/* list 0 bytes and are read as they come).
+                listed = src.size if not src.stream and src.size else None
                 for chunk in read_chunks(src, self.chunk, self.stdin):
                     if size == 0:
                         writer.start_document()
                     digest.update(chunk)
                     size += len(chunk)
+                    if listed is not None and size > listed:
+                        _changed(src, listed, size)
                     consumed += len(chunk)
                     ids = encoder.encode(chunk)
                     writer.write(ids, count(ids))
@@ -193,6 +201,8 @@ class _Run:
                     writer.write(ids, count(ids))
                     if track:
                         checkpoints.append((writer.tokens, consumed))
+                if listed is not None and size != listed:
+                    _changed(src, listed, size)
                 src.size, src.sha256 = size, digest.hexdigest()
         finally:
             for writer in writers.values():
@@ -249,6 +259,14 @@ class _Run:
         train.seps -= seps_after
         train.docs = train.seps + 1 if train.tokens else 0
         return cut_byte
+
+
+def _changed(src: Source, listed: int, read: int) -> None:
+    how = "grew" if read > listed else "shrank"
+    raise OmUserError(
+        f"{src.name}: the file {how} while being read ({listed:,} bytes when listed, "
+        f"{'more than ' if read > listed else ''}{read:,} read); nothing was written, run again"
+    )
 
 
 def _source_splits(sources: list[Source], plan: SplitPlan, cut_byte: int | None) -> list[str]:
@@ -327,17 +345,23 @@ def prepare_dataset(
     out = Path(out_dir)
     sources = resolve_inputs(inputs, include, exclude, out)
     report, bar = _reporter(progress)
-    with AtomicFolder(out, force) as folder:
-        assert folder.path is not None
-        if bar is not None:
-            bar.__enter__()
-        try:
-            meta = _prepare(folder.path, sources, codec, vocab_size, val_fraction, errors, report, stdin,
-                            chunk_size, sp_model_type, sample_bytes, command_line)
-        finally:
+    try:
+        with AtomicFolder(out, force) as folder:
+            assert folder.path is not None
             if bar is not None:
-                bar.__exit__(None, None, None)
-        folder.commit()
+                bar.__enter__()
+            try:
+                meta = _prepare(folder.path, sources, codec, vocab_size, val_fraction, errors, report, stdin,
+                                chunk_size, sp_model_type, sample_bytes, command_line)
+            finally:
+                if bar is not None:
+                    bar.__exit__(None, None, None)
+            folder.commit()
+    except OSError as err:
+        if err.errno not in WRITE_FAILURES:
+            raise
+        # AtomicFolder has removed the temporary folder by now: there is no partial output.
+        raise OmRunError(f"{out}: cannot write the dataset ({err.strerror}); the output folder was left as it was") from None
     return meta
 
 
@@ -398,10 +422,10 @@ def _prepare(tmp, sources, codec_name, vocab_size, val_fraction, errors, report,
         "split": split_info,
         "input_bytes": total,
         "sources": [
-            {"path": s.name, "bytes": s.size, "sha256": s.sha256, "split": split}
+            {"path": printable(s.name), "bytes": s.size, "sha256": s.sha256, "split": split}
             for s, split in zip(sources, _source_splits(sources, plan, cut_byte))
         ],
-        "command_line": command_line,
+        "command_line": printable(command_line) if command_line is not None else None,
     }
     if codec.name == "sentencepiece":
         meta["sentencepiece"] = {"model_type": sp_model_type, "sample_bytes": sample_bytes}

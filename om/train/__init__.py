@@ -7,6 +7,7 @@
 - `evaluate`: validation bits per byte on a bounded slice.
 - `loop`: `Trainer(recipe, run_dir, resume).run() -> TrainResult`.
 - `signals`: SIGINT/SIGTERM -> checkpoint and a clean exit.
+- `distributed`: runs of several processes under torchrun (DDP): batch shards, collectives.
 - `sample`: the short sample shown after training (via `om.sampling`).
 - `quickstart`: the built-in default recipe (a copy of recipes/quickstart.yaml).
 """

@@ -39,6 +39,15 @@ def _prepare_options(data: DataSection, source: str) -> dict:
     }
 
 
+def prepared_location(data: DataSection, source: str = "recipe") -> tuple[Path, dict]:
+    """Where `data.sources` are prepared in the cache, and the resolved options that key it.
+
+    Checks that every source exists; writes nothing."""
+    options = _prepare_options(data, source)
+    key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / "datasets" / f"{data.codec}-{key}", options
+
+
 def resolve_dataset(data: DataSection, source: str = "recipe", progress: Callable | bool | None = None):
     """Open the dataset a `data` section names; prepare it into the cache first if needed.
 
@@ -53,9 +62,7 @@ def resolve_dataset(data: DataSection, source: str = "recipe", progress: Callabl
             raise OmUserError(f"{source}: data.dataset: {path}: no such folder (run `om prepare` first)")
         return open_dataset(path), {"dataset": str(path), "prepared": False}
 
-    options = _prepare_options(data, source)
-    key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
-    out = cache_root() / "datasets" / f"{data.codec}-{key}"
+    out, options = prepared_location(data, source)
     if (out / "meta.json").is_file():
         try:
             return open_dataset(out), {"dataset": str(out), "prepared": False, **options}

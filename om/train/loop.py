@@ -21,7 +21,9 @@ from om.checkpoint import (
     load_extra_tensors,
     load_weights,
     load_optimizer_state,
+    newest_complete_checkpoint,
     prune_checkpoints,
+    remove_stale_temporaries,
     resolve_checkpoint,
     save_checkpoint,
     step_dir_name,
@@ -29,11 +31,13 @@ from om.checkpoint import (
     write_latest,
 )
 from om.config import OmConfig
-from om.errors import OmUserError
+from om.errors import OmRunError, OmUserError
+from om.memory import check_fits, training_estimate
 from om.model import OmLLM
 from om.state import OmState
 from om.train.batches import BatchSampler
 from om.train.dataset import resolve_dataset
+from om.train.distributed import Distributed
 from om.train.evaluate import autocast, byte_count, evaluate, tokens_for_bytes
 from om.train.optim import make_optimizer
 from om.train.recipe import Recipe
@@ -59,6 +63,7 @@ class TrainResult:
     resumed_from: Path | None = None
     sample: str | None = None
     notes: list[str] = field(default_factory=list)
+    skipped: int = 0  # steps whose NaN/inf loss was skipped (train.on_nonfinite_loss: skip), across resumes
 
 
 @dataclass
@@ -70,6 +75,7 @@ class _Progress:
     bytes: int = 0
     elapsed_s: float = 0.0  # wall-clock of the run so far, across resumes
     train_s: float = 0.0  # time spent in training steps only
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient
     window: dict = field(default_factory=lambda: {"nats": 0.0, "tokens": 0, "bytes": 0, "steps": 0, "train_s": 0.0})
 
 
@@ -179,6 +185,7 @@ class Trainer:
         self.console = console
         self.log = (lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)) if console is not None else (lambda text: None)
         self.notes: list[str] = []
+        self.last_checkpoint: Path | None = None  # the newest checkpoint written or resumed from
 
     # Setup -----------------------------------------------------------------------------------------
     def _find_resume(self) -> Path | None:
@@ -189,8 +196,15 @@ class Trainer:
                     f"{self.run_dir}: already holds a run; resume it with --resume auto, or choose another --out"
                 )
             return None
+        if self.dist.is_main:  # leftovers of a writer killed mid-checkpoint (SIGKILL, power loss)
+            remove_stale_temporaries(ckpt_dir)
         if self.resume == "auto":
-            return resolve_checkpoint(self.run_dir) if list_checkpoints(ckpt_dir) else None
+            # The newest checkpoint whose checksums all match: a damaged newer one is passed over.
+            found, passed_over = newest_complete_checkpoint(ckpt_dir)
+            self.notes.extend(f"passed over an incomplete checkpoint: {why}" for why in passed_over)
+            if found is None and passed_over:
+                raise OmUserError(f"{ckpt_dir}: no complete checkpoint to resume from ({passed_over[0]}); use another --out")
+            return found
         return resolve_checkpoint(self.resume)
 
     def _setup(self) -> None:
@@ -198,8 +212,15 @@ class Trainer:
         t = r.train
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.device = _resolve_device(t.device)
-        self.dataset, self.data_info = resolve_dataset(r.data, self.source, progress=self.show_progress)
+        # Under torchrun: join the process group; only rank 0 prints, logs and writes files.
+        self.dist = Distributed.setup(r.distributed, _resolve_device(t.device))
+        self.device = self.dist.device
+        # Refuse a model that cannot fit before preparing data or allocating anything.
+        check_fits(training_estimate(r.model, t.micro_batch_size, t.segments_per_sample * r.model.segment_len), self.device, self.source)
+        if not self.dist.is_main:
+            self.show_progress, self.log = False, (lambda text: None)
+        with self.dist.local_first():  # one rank per machine prepares data.sources into the cache
+            self.dataset, self.data_info = resolve_dataset(r.data, self.source, progress=self.show_progress)
         if self.data_info.get("prepared"):
             self.log(f"prepared {', '.join(self.data_info['sources'])} into {self.data_info['dataset']}")
         codec = self.codec = self.dataset.codec
@@ -213,6 +234,7 @@ class Trainer:
         r.model = self.config  # the resolved recipe records the vocabulary actually used
         self.seq_len = t.segments_per_sample * self.config.segment_len
         self.sampler = BatchSampler(self.dataset.split("train"), self.seq_len, t.micro_batch_size, t.grad_accum, t.seed, t.state)
+        self.micros = self.dist.micro_indices(t.grad_accum)  # this rank's micro batches of every step
         self.resume_from = self._find_resume()
 
         torch.manual_seed(t.seed)
@@ -223,17 +245,21 @@ class Trainer:
         self.carried: list[OmState | None] = [None] * t.grad_accum
         if self.resume_from is not None:
             self._load_resume(self.resume_from)
-        self.step_model = torch.compile(self.model) if t.compile else self.model
+        self.dist.fork_rng(t.seed, self.p.step)
+        model = self.dist.wrap(self.model, self.seq_len)
+        self.step_model = torch.compile(model) if t.compile else model
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / (RECIPE_FILE + ".tmp")
-        tmp.write_text(f"# Resolved recipe of this run (from {self.source}); train it again with `om train` on this file.\n" + r.to_yaml())
-        os.replace(tmp, self.run_dir / RECIPE_FILE)
+        self.dist.barrier()  # every rank has read the run folder (resume) before rank 0 writes to it
         self.metrics_path = self.run_dir / METRICS_FILE
-        if self.resume_from is None:
-            self.metrics_path.write_text("")
-        else:
-            _truncate_metrics(self.metrics_path, self.p.step)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.run_dir / (RECIPE_FILE + ".tmp")
+            tmp.write_text(f"# Resolved recipe of this run (from {self.source}); train it again with `om train` on this file.\n" + r.to_yaml())
+            os.replace(tmp, self.run_dir / RECIPE_FILE)
+            if self.resume_from is None:
+                self.metrics_path.write_text("")
+            else:
+                _truncate_metrics(self.metrics_path, self.p.step)
 
     def _load_resume(self, folder: Path) -> None:
         trainer = verify_checkpoint(folder)
@@ -258,6 +284,7 @@ class Trainer:
             bytes=trainer["bytes_seen"],
             elapsed_s=trainer["elapsed_s"],
             train_s=trainer["train_s"],
+            skipped=trainer.get("skipped_steps", 0),
             window=trainer["log_window"],
         )
         _set_rng_state(trainer["rng"])
@@ -266,7 +293,7 @@ class Trainer:
             self.last_val = (last.pop("step"), last)
         if self.recipe.train.state == "carry":
             tensors = load_extra_tensors(folder) or {}
-            for m in range(self.recipe.train.grad_accum):
+            for m in self.micros:  # the carried state of this rank's micro batches
                 part = {k.split(".", 2)[2]: v.to(self.device) for k, v in tensors.items() if k.startswith(f"carry.{m}.")}
                 if not part:
                     raise OmUserError(f"{folder}/state.safetensors: no carried state for micro batch {m}")
@@ -289,7 +316,15 @@ class Trainer:
             or (t.max_minutes is not None and elapsed >= 60.0 * t.max_minutes)
         )
 
+    def _elapsed(self, start_wall: float) -> float:
+        """Wall-clock of the run so far. With a max_minutes budget it drives the learning rate and
+        the stop, so several processes use the largest of their clocks and stay in step."""
+        elapsed = time.perf_counter() - start_wall
+        return self.dist.max(elapsed) if self.recipe.train.max_minutes is not None else elapsed
+
     def _write(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -300,29 +335,62 @@ class Trainer:
         for group in opt.param_groups:
             group["lr"] = lr
         nats, tokens, nbytes = 0.0, 0, 0
-        for micro in range(t.grad_accum):
+        for i, micro in enumerate(self.micros):
             batch = self.sampler.batch(self.p.step, micro)
             x, y = batch.inputs.to(self.device), batch.targets.to(self.device)
             state = None
             if t.state == "carry" and self.carried[micro] is not None and not batch.reset.all():
                 state = _mix_state(self.carried[micro], self.model.init_state(x.shape[0]), batch.reset)
-            with autocast(self.device, t.precision):
-                # Call the (possibly compiled) module itself; `model.loss` would bypass torch.compile.
-                logits, new_state = model(x, state)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            (loss / t.grad_accum).backward()
+            # Several processes: gradients are all-reduced (averaged) on the last micro batch only.
+            with self.dist.sync_grads(last=i == len(self.micros) - 1):
+                with autocast(self.device, t.precision):
+                    # Call the (possibly compiled) module itself; `model.loss` would bypass torch.compile.
+                    logits, new_state = model(x, state)
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                (loss / len(self.micros)).backward()
             if t.state == "carry":
                 self.carried[micro] = new_state.detach()
             n = y.numel()
             nats += float(loss.detach()) * n
             tokens += n
             nbytes += byte_count(self.codec, batch.targets)
-        grad_norm = None
-        if t.grad_clip is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip))
-        opt.step()
+        nats, tokens, nbytes = self.dist.sum(nats, tokens, nbytes)  # the global batch's totals
+        tokens, nbytes = int(tokens), int(nbytes)
+        # max_norm=inf only measures the norm (the gradients are multiplied by exactly 1).
+        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or float("inf")))
+        grad_norm = norm if t.grad_clip is not None else None
+        # A NaN/inf loss or gradient would poison the weights and the optimizer state: never step on
+        # it. Both numbers are totals over every process, so all ranks take the same decision.
+        nonfinite = None
+        if not math.isfinite(nats):
+            nonfinite = f"training loss became {nats / max(1, tokens):g}"
+        elif not math.isfinite(norm):
+            nonfinite = f"gradient norm became {norm:g}"
+        if nonfinite is None:
+            opt.step()
+        elif t.state == "carry":
+            self.carried = [None] * len(self.carried)  # the rows restart from the initial state
         opt.zero_grad(set_to_none=True)
-        return {"nats": nats, "tokens": tokens, "bytes": nbytes, "grad_norm": grad_norm}
+        return {"nats": nats, "tokens": tokens, "bytes": nbytes, "grad_norm": grad_norm, "nonfinite": nonfinite}
+
+    def _nonfinite(self, what: str) -> None:
+        """Step `self.p.step` had a NaN/inf loss or gradient and was not applied: stop with an error
+        (train.on_nonfinite_loss: stop, or past train.max_skips), or count it as skipped."""
+        t = self.recipe.train
+        kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was saved"
+        if t.on_nonfinite_loss == "stop":
+            raise OmRunError(
+                f"{self.source}: step {self.p.step}: the {what}; training stopped ({kept}); "
+                "lower train.lr, or set train.on_nonfinite_loss: skip"
+            )
+        self.p.skipped += 1
+        self._write({"event": "skip", "step": self.p.step, "reason": what, "skipped": self.p.skipped})
+        if self.p.skipped > t.max_skips:
+            raise OmRunError(
+                f"{self.source}: step {self.p.step}: the {what}; {self.p.skipped} steps skipped, more than "
+                f"train.max_skips ({t.max_skips}); training stopped ({kept}); lower train.lr"
+            )
+        self.log(f"step {self.p.step}: the {what}; step skipped ({self.p.skipped} so far)")
 
     def _trainer_meta(self) -> dict:
         t = self.recipe.train
@@ -337,6 +405,7 @@ class Trainer:
             "bytes_seen": self.p.bytes,
             "elapsed_s": self.p.elapsed_s,
             "train_s": self.p.train_s,
+            "skipped_steps": self.p.skipped,
             "log_window": dict(self.p.window),
             "last_eval": {"step": self.last_val[0], **self.last_val[1]} if self.last_val else None,
             "rng": _rng_state(),
@@ -348,9 +417,12 @@ class Trainer:
             "recipe": self.recipe.to_dict(),
             "om_version": om.__version__,
             "torch_version": torch.__version__,
+            "world_size": self.dist.world,  # for information: any process count dividing grad_accum resumes it
         }
 
     def _save(self) -> Path:
+        """Write a checkpoint (rank 0; every rank must call this, since rank 0 collects the carried
+        state of every rank's micro batches) and return its path."""
         t = self.recipe.train
         tensors = None
         if t.state == "carry":
@@ -358,22 +430,33 @@ class Trainer:
             for m, state in enumerate(self.carried):
                 if state is not None:
                     tensors.update({f"carry.{m}.{k}": v for k, v in state.to_dict().items()})
+            tensors = self.dist.gather_tensors(tensors)
         ckpt_dir = self.run_dir / CHECKPOINTS_DIR
-        path = save_checkpoint(
-            ckpt_dir / step_dir_name(self.p.step),
-            self.model,
-            self.config,
-            self.codec,
-            self._trainer_meta(),
-            optimizer=self.optimizer,
-            dataset={"path": str(self.dataset.path), "fingerprint": self.dataset.fingerprint},
-            tensors=tensors,
-        )
-        write_latest(ckpt_dir, path)
+        if not self.dist.is_main:
+            return ckpt_dir / step_dir_name(self.p.step)
+        try:
+            path = save_checkpoint(
+                ckpt_dir / step_dir_name(self.p.step),
+                self.model,
+                self.config,
+                self.codec,
+                self._trainer_meta(),
+                optimizer=self.optimizer,
+                dataset={"path": str(self.dataset.path), "fingerprint": self.dataset.fingerprint},
+                tensors=tensors,
+            )
+            write_latest(ckpt_dir, path)
+        except OmRunError as err:  # e.g. a full disk: say what is still there to resume from
+            kept = f"the previous checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else "no earlier checkpoint"
+            raise OmRunError(f"{err}; {kept}") from None
+        self.last_checkpoint = path
         prune_checkpoints(ckpt_dir, t.keep_last, protect=path)
         return path
 
-    def _eval(self) -> dict:
+    def _eval(self) -> dict | None:
+        """Evaluate and log (rank 0; other ranks return None and wait for it in the next step)."""
+        if not self.dist.is_main:
+            return None
         t = self.recipe.train
         val_split = self.dataset.split("val")
         n_tokens = t.eval_tokens if t.eval_bytes is None else tokens_for_bytes(self.codec, val_split, t.eval_bytes)
@@ -394,6 +477,7 @@ class Trainer:
             "bpb": w["nats"] / math.log(2) / max(1, w["bytes"]),
             "lr": lr,
             "grad_norm": grad_norm,
+            "skipped": self.p.skipped,
             "bytes_per_s": round(w["bytes"] / w["train_s"], 1) if w["train_s"] > 0 else None,
             "elapsed_s": round(self.p.elapsed_s, 3),
         }
@@ -411,6 +495,7 @@ class Trainer:
         for note in self.notes:
             self.log("note: " + note)
         last_saved = self.resume_from if self.resume_from is not None else None
+        self.last_checkpoint = last_saved
         saved_step = self.p.step if self.resume_from is not None else None
         evaluated_step, result.val = self.last_val if self.last_val else (None, None)
         record = None
@@ -418,9 +503,9 @@ class Trainer:
         self.last_lr, self.last_grad_norm = t.lr, None
         bar = _ProgressBar(self.show_progress, self.console)
         start_wall = time.perf_counter() - self.p.elapsed_s
-        with StopSignals() as signals, bar:
-            while not self._done(time.perf_counter() - start_wall):
-                elapsed = time.perf_counter() - start_wall
+        # Under torchrun a Ctrl-C reaches each rank twice (from the terminal and from torchrun): not an abort.
+        with StopSignals(abort_on_repeat=not self.dist.active) as signals, bar:
+            while not self._done(elapsed := self._elapsed(start_wall)):
                 lr = learning_rate(self.p.step, self._progress_fraction(elapsed), t.lr, t.min_lr, t.warmup_steps, t.decay)
                 t0 = time.perf_counter()
                 out = self._train_step(lr)
@@ -431,14 +516,15 @@ class Trainer:
                 self.p.bytes += out["bytes"]
                 self.p.train_s += dt
                 w = self.p.window
-                w["nats"] += out["nats"]
-                w["tokens"] += out["tokens"]
-                w["bytes"] += out["bytes"]
+                if out["nonfinite"] is None:
+                    w["nats"] += out["nats"]
+                    w["tokens"] += out["tokens"]
+                    w["bytes"] += out["bytes"]
                 w["steps"] += 1
                 w["train_s"] += dt
                 self.p.elapsed_s = time.perf_counter() - start_wall
-                if not math.isfinite(out["nats"]):
-                    raise OmUserError(f"{self.source}: the training loss became {out['nats']} at step {self.p.step}; lower train.lr")
+                if out["nonfinite"] is not None:
+                    self._nonfinite(out["nonfinite"])
                 if self.p.step % t.log_every == 0:
                     record = self._log_window(lr, out["grad_norm"])
                     if on_log:
@@ -448,6 +534,7 @@ class Trainer:
                     result.val = self._eval()
                     evaluated_step = self.p.step
                     self.last_val = (evaluated_step, result.val)
+                signals.received = self.dist.agree_signal(signals.received)  # all ranks stop after the same step
                 stop_now = signals.received is not None or (stop_at_step is not None and self.p.step >= stop_at_step)
                 if stop_now or (t.checkpoint_every and self.p.step % t.checkpoint_every == 0):
                     self.p.elapsed_s = time.perf_counter() - start_wall
@@ -470,7 +557,9 @@ class Trainer:
                     last_saved = self._save()
         result.checkpoint = last_saved
         result.step = self.p.step
+        result.skipped = self.p.skipped
         result.bytes_per_s = self.p.bytes / self.p.train_s if self.p.train_s > 0 else 0.0
+        self.dist.close()
         return result
 
 

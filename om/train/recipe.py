@@ -1,14 +1,16 @@
 """Training recipes: the YAML schema, loading, dotted `--set` overrides and one-line errors.
 
-A recipe has four sections: `model` (every `OmConfig` field), `data`, `train` and `out`. Unknown
-keys are refused with a "did you mean" hint; every error is an `OmUserError` of one line that
-names the recipe file, the key path and the value.
+A recipe has five sections: `model` (every `OmConfig` field), `data`, `train`, `out` and
+`distributed` (runs of several processes under torchrun). Unknown keys are refused with a "did you
+mean" hint; every error is an `OmUserError` of one line that names the recipe file, the key path
+and the value.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import reprlib
 import json
 import os
 import re
@@ -73,7 +75,7 @@ class TrainSection(BaseModel):
     model_config = _STRICT
 
     micro_batch_size: int = Field(8, ge=1, description="samples per forward/backward")
-    grad_accum: int = Field(1, ge=1, description="micro batches per optimizer step")
+    grad_accum: int = Field(1, ge=1, description="micro batches per optimizer step, in total over all processes (each computes grad_accum / processes)")
     segments_per_sample: int = Field(2, ge=1, description="segments each sample backpropagates through")
     state: Literal["reset", "carry"] = Field(
         "reset", description="reset: each sample starts from the learned initial state; carry: rows read contiguous streams"
@@ -101,6 +103,10 @@ class TrainSection(BaseModel):
     eval_batch: int = Field(8, ge=1, description="contiguous validation streams evaluated side by side")
     checkpoint_every: int = Field(0, ge=0, description="save every N steps (0: only at the end)")
     keep_last: int = Field(3, ge=0, description="checkpoints kept (0: all)")
+    on_nonfinite_loss: Literal["stop", "skip"] = Field(
+        "stop", description="a NaN/inf loss or gradient: stop (error, no checkpoint of that step) or skip the optimizer step"
+    )
+    max_skips: int = Field(10, ge=0, description="with on_nonfinite_loss: skip, stop once more steps than this were skipped")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainSection":
@@ -123,6 +129,18 @@ class OutSection(BaseModel):
     progress: bool = Field(True, description="show a progress bar on stderr")
 
 
+class DistributedSection(BaseModel):
+    """How a run launched by torchrun with several processes talks between them (ignored in one
+    process). The global batch never depends on the process count: see `train.grad_accum`."""
+
+    model_config = _STRICT
+
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: nccl when training on CUDA, gloo on CPU")
+    timeout_minutes: float = Field(
+        10.0, gt=0, description="a rank waiting this long for the others fails the run (must exceed rank 0's evaluations, checkpoints and data preparation)"
+    )
+
+
 class Recipe(BaseModel):
     """A whole training recipe. `model` is an `OmConfig`; its vocab_size defaults to the codec's."""
 
@@ -132,6 +150,7 @@ class Recipe(BaseModel):
     data: DataSection
     train: TrainSection
     out: OutSection = Field(default_factory=OutSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -165,8 +184,12 @@ def _did_you_mean(word: str, options: list[str]) -> str:
     return "allowed: " + ", ".join(options)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)  # bounded work even for a huge value
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -205,7 +228,7 @@ def parse_override(expr: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise OmUserError(f"--set {expr}: expected KEY.PATH=VALUE, e.g. train.lr=3e-4")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = _load_yaml(value, f"--set {expr}") if value.strip() else None
     except yaml.YAMLError as err:
         raise OmUserError(f"--set {expr}: value is not valid YAML ({' '.join(str(err).split())})") from None
     return key.split("."), parsed
@@ -254,16 +277,70 @@ def read_yaml(path: str | Path) -> dict:
     if p.is_dir():
         raise OmUserError(f"{p}: is a folder, expected a recipe .yaml file")
     try:
-        text = p.read_text()
+        with open(p, "rb") as f:
+            data = f.read(MAX_RECIPE_BYTES + 1)  # bounded: the path may be /dev/zero or a huge file
+        if len(data) > MAX_RECIPE_BYTES:
+            raise OmUserError(f"{p}: larger than {MAX_RECIPE_BYTES:,} bytes; not a recipe")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise OmUserError(f"{p}: not a text file") from None
     return parse_yaml(text, str(p))
 
 
+# A recipe holds a few hundred values; YAML aliases can make a small file stand for billions.
+MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_VALUES = 100_000
+MAX_RECIPE_DEPTH = 100
+
+
+def _count_values(value: Any, source: str) -> int:
+    """Values in `value` with aliases expanded; OmUserError if over the limit or self-referring."""
+    sizes: dict[int, int] = {}
+    open_ids: set[int] = set()
+
+    def count(v: Any) -> int:
+        if not isinstance(v, (dict, list)):
+            return 1
+        key = id(v)
+        if key in open_ids:
+            raise OmUserError(f"{source}: a YAML alias refers to the structure that contains it")
+        if key not in sizes:
+            open_ids.add(key)
+            n = 1 + sum(count(x) for x in (v.values() if isinstance(v, dict) else v))
+            open_ids.discard(key)
+            if n > MAX_RECIPE_VALUES:
+                raise OmUserError(f"{source}: more than {MAX_RECIPE_VALUES:,} values once YAML aliases are expanded")
+            sizes[key] = n
+        return sizes[key]
+
+    return count(value)
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest nesting of [ and { (quotes ignored: an over-estimate is harmless here)."""
+    depth = deepest = 0
+    for ch in re.findall(r"[\[\]{}]", text):
+        depth = depth + 1 if ch in "[{" else max(0, depth - 1)
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """yaml.safe_load, refusing nesting too deep for the parser and alias bombs (OmUserError)."""
+    if _bracket_depth(text) > MAX_RECIPE_DEPTH:  # PyYAML takes seconds to reach its recursion limit
+        raise OmUserError(f"{source}: nested too deeply")
+    try:
+        value = yaml.safe_load(text)
+        _count_values(value, source)
+    except RecursionError:
+        raise OmUserError(f"{source}: nested too deeply") from None
+    return value
+
+
 def parse_yaml(text: str, source: str) -> dict:
     """Recipe text -> raw dict; `source` names it in errors."""
     try:
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(text, source)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

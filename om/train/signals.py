@@ -10,15 +10,17 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 class StopSignals:
     """Context manager: while active, SIGINT/SIGTERM set `.received` (the signal number) instead of
-    killing the process; a second SIGINT raises KeyboardInterrupt at once. Handlers are restored on
-    exit. Outside the main thread it does nothing (signals can only be handled there)."""
+    killing the process; a second SIGINT raises KeyboardInterrupt at once (unless
+    `abort_on_repeat=False`). Handlers are restored on exit. Outside the main thread it does
+    nothing (signals can only be handled there)."""
 
-    def __init__(self) -> None:
+    def __init__(self, abort_on_repeat: bool = True) -> None:
         self.received: int | None = None
+        self.abort_on_repeat = abort_on_repeat
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.received is not None and signum == signal.SIGINT:
+        if self.abort_on_repeat and self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signum
 

@@ -1,0 +1,168 @@
+"""Memory estimates for a model before it is built, so absurd sizes are refused, not allocated.
+
+`parameter_count(config)` is exact (it equals `OmLLM(config).num_parameters()`) and costs nothing
+whatever the sizes; `training_estimate` and `inference_estimate` add the rest (gradients, AdamW
+state, activations kept for backward) as a rough float32 upper bound; `check_fits` compares an
+estimate with the memory the device has free and raises `OmUserError` with both numbers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from om.config import OmConfig
+from om.errors import OmUserError
+
+FLOAT_BYTES = 4  # parameters, gradients, optimizer state and activations are float32
+
+
+def parameter_count(c: OmConfig) -> int:
+    """The number of parameters of `OmLLM(c)` (a tied head counted once), without building it."""
+    D, H, S = c.dim, c.n_heads, c.state_len
+    roles = 3 if S > 0 else 1
+    embed = c.padded_vocab_size * D
+    head = 0 if c.tie_embeddings else c.padded_vocab_size * D
+    stem = sum(D * D * k + D for k in c.stem_kernels)
+    arc = roles * D * H * (2 * c.dims_key[0] + c.dims_value[0])
+    for p in range(1, c.n_passes):
+        arc += roles * H * c.dims_value[p - 1] * (2 * c.dims_key[p] + c.dims_value[p])
+    arc += (2 if S > 0 else 1) * H * c.dims_value[-1] * D  # proj_out (+ proj_state)
+    if "cope" in c.positional:
+        arc += sum(c.cope_positions * dk for dk in c.dims_key)
+    layer = 3 * 2 * D + arc + 2 * D * c.mlp_hidden + S * D  # three LayerNorms, ARC, MLP, initial state
+    if c.state_update == "gated" and S > 0:
+        layer += D * D + D  # the state gate
+    return embed + head + stem + c.n_layers * layer + 2 * D
+
+
+def _segment_activations(c: OmConfig) -> int:
+    """Floats one layer keeps for backward per sample and segment (a generous count)."""
+    D, H, S, L = c.dim, c.n_heads, c.state_len, c.segment_len
+    rows = 2 * S + L
+    widths = 4 * D * L + 2 * D * S + 2 * L * c.mlp_hidden  # norms, residuals, MLP in/out
+    attention = 0
+    for dk, dv in zip(c.dims_key, c.dims_value):
+        attention += H * rows * (4 * dk + 2 * dv)  # q, k (before and after RoPE), v, output
+        attention += H * rows * rows * (2 + (6 if "cope" in c.positional else 0))  # scores, probabilities
+    return widths + attention + H * c.dims_value[-1] * (L + S)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes needed, by part; `total` is their sum. `what` says for what (for messages)."""
+
+    what: str
+    parameters: int
+    gradients: int
+    optimizer: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer + self.activations
+
+    def describe(self) -> str:
+        parts = [f"parameters {format_bytes(self.parameters)}"]
+        if self.gradients:
+            parts.append(f"gradients {format_bytes(self.gradients)}")
+        if self.optimizer:
+            parts.append(f"AdamW state {format_bytes(self.optimizer)}")
+        parts.append(f"activations {format_bytes(self.activations)}")
+        return f"about {format_bytes(self.total)} ({', '.join(parts)}) {self.what}"
+
+
+def training_estimate(c: OmConfig, micro_batch_size: int, seq_len: int) -> MemoryEstimate:
+    """Training one micro batch of `seq_len` tokens per sample with AdamW."""
+    n = parameter_count(c)
+    segments = -(-seq_len // c.segment_len)
+    per_sample = c.n_layers * segments * _segment_activations(c)
+    per_sample += seq_len * _stem_width(c) + 3 * seq_len * c.padded_vocab_size  # stem; logits, float copy, grad
+    return MemoryEstimate(
+        what=f"to train with micro batches of {micro_batch_size} x {seq_len} tokens",
+        parameters=n * FLOAT_BYTES,
+        gradients=n * FLOAT_BYTES,
+        optimizer=2 * n * FLOAT_BYTES,
+        activations=micro_batch_size * per_sample * FLOAT_BYTES,
+    )
+
+
+def _stem_width(c: OmConfig) -> int:
+    """Floats per token kept by the embedding and the stem's convolutions."""
+    return c.dim * (2 + 2 * len(c.stem_kernels))
+
+
+def inference_estimate(c: OmConfig, batch_size: int = 1) -> MemoryEstimate:
+    """Running the model without gradients, one segment at a time, `batch_size` streams."""
+    n = parameter_count(c)
+    per_segment = _segment_activations(c) + c.segment_len * (_stem_width(c) + c.padded_vocab_size)
+    return MemoryEstimate(
+        what="to run the model",
+        parameters=n * FLOAT_BYTES,
+        gradients=0,
+        optimizer=0,
+        activations=batch_size * per_segment * FLOAT_BYTES,
+    )
+
+
+def format_bytes(n: int | float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _cgroup_free() -> int | None:
+    """What the cgroup (v2) memory limit leaves, when there is one."""
+    try:
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        used = int(open("/sys/fs/cgroup/memory.current").read().strip())
+    except (OSError, ValueError):
+        return None
+    return max(0, int(limit) - used) if limit.isdigit() else None
+
+
+def available_bytes(device="cpu") -> int | None:
+    """Free memory on `device` (a torch device or name): CUDA's free memory, else MemAvailable
+    from /proc/meminfo (capped by a cgroup limit). None when it cannot be told."""
+    kind = getattr(device, "type", str(device).split(":")[0])
+    if kind == "cuda":
+        import torch
+
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError, ValueError):
+            return None
+    if kind != "cpu":
+        return None
+    free = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if free is None and hasattr(os, "sysconf"):
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            free = None
+    cgroup = _cgroup_free()
+    if cgroup is not None:
+        free = cgroup if free is None else min(free, cgroup)
+    return free
+
+
+def check_fits(estimate: MemoryEstimate, device="cpu", where: str = "") -> None:
+    """Raise `OmUserError` when `estimate` exceeds the free memory of `device` (unknown: pass)."""
+    free = available_bytes(device)
+    if free is None or estimate.total <= free:
+        return
+    prefix = f"{where}: " if where else ""
+    raise OmUserError(
+        f"{prefix}the model needs {estimate.describe()}, but {device} has {format_bytes(free)} available; "
+        "make the model smaller (dim, n_layers, segment_len, state_len) or the batch (micro_batch_size, segments_per_sample)"
+    )

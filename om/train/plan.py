@@ -1,0 +1,138 @@
+"""`om train --dry-run`: what a run would do, checked the way the run checks it, writing nothing.
+
+The recipe is validated, the data resolved (an existing dataset opened; sources checked and their
+cache folder named, not prepared), the model configuration completed with the codec's vocabulary,
+the parameters counted and the memory estimated and compared with what the device has free, and
+what `--resume` would continue from is found. Any problem is the same `OmUserError` the run
+would raise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from om.checkpoint import CHECKPOINTS_DIR, list_checkpoints, newest_complete_checkpoint, resolve_checkpoint
+from om.config import OmConfig
+from om.errors import OmUserError
+from om.memory import available_bytes, check_fits, parameter_count, training_estimate
+from om.train.recipe import Recipe, expand_path
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _default_vocab(codec: str, vocab_size: int | None) -> int:
+    """The vocabulary a codec would get from `om prepare` (chars and SentencePiece: at most)."""
+    from om.data.codecs import BytesCodec, CharsCodec
+
+    if codec == "bytes":
+        return BytesCodec(vocab_size).vocab_size
+    if vocab_size is not None:
+        return vocab_size
+    if codec == "chars":
+        return CharsCodec.DEFAULT_VOCAB_SIZE
+    from om.data.spm import DEFAULT_VOCAB_SIZE
+
+    return DEFAULT_VOCAB_SIZE
+
+
+def _data(recipe: Recipe, source: str) -> dict:
+    """The dataset the run would read: opened if it exists, else where it would be prepared."""
+    from om.data import open_dataset
+    from om.train.dataset import prepared_location
+
+    data = recipe.data
+    if data.dataset is not None:
+        path = Path(expand_path(data.dataset, f"{source}: data.dataset")).resolve()
+        if not path.exists():
+            raise OmUserError(f"{source}: data.dataset: {path}: no such folder (run `om prepare` first)")
+        found = open_dataset(path)
+    else:
+        path, options = prepared_location(data, source)
+        found = None
+        if (path / "meta.json").is_file():
+            try:
+                found = open_dataset(path)
+            except OmUserError:
+                found = None  # a broken cache entry: the run prepares it again
+        if found is None:
+            from om.data.codecs import check_codec_name
+
+            check_codec_name(data.codec)
+            return {
+                "dataset": str(path),
+                "prepare": options["sources"],
+                "codec": data.codec,
+                "vocab_size": _default_vocab(data.codec, data.vocab_size),
+                "train_tokens": None,
+                "val_tokens": None,
+            }
+    return {
+        "dataset": str(found.path),
+        "prepare": None,
+        "codec": found.codec.name,
+        "vocab_size": found.codec.vocab_size,
+        "train_tokens": found.num_tokens("train"),
+        "val_tokens": found.num_tokens("val"),
+        "_split": found.split("train"),
+    }
+
+
+def _resume(run_dir: Path, resume: str) -> str | None:
+    """The checkpoint the run would continue from (None: a fresh start); read-only."""
+    ckpt_dir = run_dir / CHECKPOINTS_DIR
+    if resume == "never":
+        if list_checkpoints(ckpt_dir) or (run_dir / METRICS_FILE).is_file():
+            raise OmUserError(f"{run_dir}: already holds a run; resume it with --resume auto, or choose another --out")
+        return None
+    if resume == "auto":
+        found, passed_over = newest_complete_checkpoint(ckpt_dir)
+        if found is None and passed_over:
+            raise OmUserError(f"{ckpt_dir}: no complete checkpoint to resume from ({passed_over[0]}); use another --out")
+        return str(found) if found is not None else None
+    return str(resolve_checkpoint(resume))
+
+
+def plan_run(recipe: Recipe, run_dir: str | Path, resume: str = "auto", source: str = "recipe") -> dict:
+    """Check everything a run of `recipe` into `run_dir` would check first; return the plan as a
+    JSON-ready dict (run_dir, device, data, model, parameters, memory, resume, recipe)."""
+    from om.train.batches import BatchSampler
+    from om.train.loop import _resolve_device
+
+    t = recipe.train
+    device = _resolve_device(t.device)
+    seq_len = t.segments_per_sample * recipe.model.segment_len
+    check_fits(training_estimate(recipe.model, t.micro_batch_size, seq_len), device, source)
+    data = _data(recipe, source)
+    split = data.pop("_split", None)
+    if "vocab_size" in recipe.model.model_fields_set and recipe.model.vocab_size != data["vocab_size"]:
+        raise OmUserError(
+            f"{source}: model.vocab_size: {recipe.model.vocab_size} does not match the {data['codec']} codec of "
+            f"{data['dataset']} ({data['vocab_size']} ids); leave it out to take it from the data"
+        )
+    config = OmConfig.model_validate({**recipe.model.model_dump(), "vocab_size": data["vocab_size"]})
+    if split is not None:
+        BatchSampler(split, seq_len, t.micro_batch_size, t.grad_accum, t.seed, t.state)  # enough tokens?
+    estimate = training_estimate(config, t.micro_batch_size, seq_len)
+    check_fits(estimate, device, source)
+    free = available_bytes(device)
+    resolved = recipe.model_copy(update={"model": config})
+    return {
+        "run_dir": str(run_dir),
+        "run_dir_exists": Path(run_dir).exists(),
+        "resume_from": _resume(Path(run_dir), resume),
+        "device": str(device),
+        "data": data,
+        "model": config.to_dict(),
+        "parameters": parameter_count(config),
+        "tokens_per_step": t.micro_batch_size * t.grad_accum * seq_len,
+        "stop": {"max_steps": t.max_steps, "max_bytes": t.max_bytes, "max_minutes": t.max_minutes},
+        "memory": {
+            "parameters": estimate.parameters,
+            "gradients": estimate.gradients,
+            "optimizer": estimate.optimizer,
+            "activations": estimate.activations,
+            "total": estimate.total,
+            "available": free,
+        },
+        "recipe": resolved.to_dict(),
+    }
