@@ -95,6 +95,12 @@ def train_om(name: str, dataset: Path, model: dict, minutes: float, train: dict 
     return WORK / "runs" / name
 
 
+def last_train_row(run_dir: Path) -> dict:
+    """The last `train` event of a run's metrics.jsonl ({} if it logged none)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return ([r for r in rows if r.get("event") == "train"] or [{}])[-1]
+
+
 def eval_om(run_dir: Path, val_txt: Path) -> dict:
     out = run(["om", "eval", str(run_dir), str(val_txt), "--bytes", "--json"], capture_output=True)
     return json.loads(out.stdout)
@@ -164,11 +170,9 @@ def main() -> None:
             model = memory_off_model(OM_MODEL, vocab)
         run_dir = train_om(name, dataset, model, args.minutes)
         report = eval_om(run_dir, val_txt)
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        train_rows = [m for m in metrics if m.get("event") == "train"]
+        last = last_train_row(run_dir)
         results[name] = {"bits_per_byte": report["bits_per_byte"], "parameters": param_count(model, vocab),
-                         "train_bytes": train_rows[-1].get("bytes", None) if train_rows else None,
-                         "steps": train_rows[-1]["step"] if train_rows else None, "model": model}
+                         "train_bytes": last.get("bytes"), "steps": last.get("step"), "model": model}
         results_file.write_text(json.dumps(results, indent=2))
     if "plain" in wanted:
         results["plain-transformer"] = train_plain(prepared("bytes", None, train_txt), args.minutes, val_txt)

@@ -15,7 +15,7 @@ import json
 import sys
 
 from bench.corpora import shakespeare_split
-from bench.quality import TRAIN, WORK, eval_om, param_count, prepared, train_om
+from bench.quality import TRAIN, WORK, eval_om, last_train_row, param_count, prepared, train_om
 from bench.report import machine, markdown_table, write_section
 
 # The starting point of the search: the first Shakespeare recipe. The winner became bench.quality's OM_MODEL.
@@ -62,10 +62,9 @@ def main() -> None:
         model_over, train_over = CANDIDATES[name]
         model, train = {**BASE_MODEL, **model_over}, {**BASE_TRAIN, **train_over, "threads": args.threads}
         run_dir = train_om(f"search-{name}", dataset, model, args.minutes, train)
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        last = [r for r in rows if r.get("event") == "train"][-1]
+        last = last_train_row(run_dir)
         results[name] = {"bits_per_byte": eval_om(run_dir, val_txt)["bits_per_byte"], "minutes": args.minutes,
-                         "threads": args.threads, "parameters": param_count(model, 256), "steps": last["step"], "train_bytes": last.get("bytes"),
+                         "threads": args.threads, "parameters": param_count(model, json.loads((dataset / "meta.json").read_text())["vocab_size"]), "steps": last.get("step"), "train_bytes": last.get("bytes"),
                          "changes": {**model_over, **train_over}}
         results_file.write_text(json.dumps(results, indent=2))
         print(f"{name}: {results[name]['bits_per_byte']:.3f} bits/byte", file=sys.stderr, flush=True)

@@ -27,7 +27,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -39,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from om.config import OmConfig
+from om.data.outdir import host_tag, pid_alive
 from om.errors import OmRunError, OmUserError
 from om.memory import check_fits, inference_estimate, parameter_count
 from om.model import OmLLM
@@ -195,8 +195,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _owner() -> str:
     """`PID-HOST` of this process: marks its temporary names, so leftovers of a dead writer can be found."""
-    host = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
-    return f"{os.getpid()}-{host}"
+    return f"{os.getpid()}-{host_tag()}"
 
 
 def write_failure_reason(err: BaseException) -> str | None:
@@ -343,11 +342,11 @@ def remove_stale_temporaries(checkpoints_dir: str | Path) -> list[Path]:
         entries = list(folder.iterdir())
     except OSError:
         return []
-    host = _owner().split("-", 1)[1]
+    host = host_tag()
     removed = []
     for entry in entries:
         m = _TEMP_NAME.match(entry.name)
-        if m is None or m.group(2) != host or _pid_alive(int(m.group(1))):
+        if m is None or m.group(2) != host or pid_alive(int(m.group(1))):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -355,16 +354,6 @@ def remove_stale_temporaries(checkpoints_dir: str | Path) -> list[Path]:
             entry.unlink(missing_ok=True)
         removed.append(entry)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def prune_checkpoints(checkpoints_dir: str | Path, keep_last: int, protect: Path | None = None) -> None:

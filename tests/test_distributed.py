@@ -8,37 +8,23 @@ import os
 import signal
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 
 from om.checkpoint import load_checkpoint
-from om.data import prepare_dataset
 from om.errors import OmUserError
 from om.train import Trainer
 from om.train.distributed import Distributed
 from om.train.recipe import read_yaml, validate_recipe
+from tests.train_fixtures import dataset, isolated_cache  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "recipes" / "tiny.yaml"
-JSON_SRC = Path(sysconfig.get_paths()["stdlib"]) / "json"
 # A hang fails the test instead of blocking the suite. A stuck collective would only give up after
 # distributed.timeout_minutes (10), so a launch that ends within this bound did not hang; the bound
 # is generous because a loaded 2-core machine takes long to start three Python processes.
 LAUNCH_TIMEOUT_S = 300
-
-
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("OM_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "json-bytes"
-    prepare_dataset([JSON_SRC], out, codec="bytes", exclude=("__pycache__",))
-    return out
 
 
 # The same settings for every run; threads=1 because torchrun gives each rank one thread.

@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -15,28 +14,15 @@ import torch
 from typer.testing import CliRunner
 
 from om.checkpoint import load_checkpoint, sha256_file
-from om.data import prepare_dataset
 from om.errors import OmUserError
 from om.train import Trainer
 from om.train.recipe import read_yaml, validate_recipe
 from omcli.app import app
+from tests.train_fixtures import JSON_SRC, dataset, isolated_cache  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "recipes" / "tiny.yaml"
-JSON_SRC = Path(sysconfig.get_paths()["stdlib"]) / "json"
 TIMING = ("bytes_per_s", "elapsed_s")
-
-
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("OM_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "json-bytes"
-    prepare_dataset([JSON_SRC], out, codec="bytes", exclude=("__pycache__",))
-    return out
 
 
 def _recipe(dataset: Path, **train):

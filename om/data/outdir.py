@@ -21,7 +21,8 @@ from om.errors import OmUserError
 _CATCH = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -31,7 +32,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _host() -> str:
+def host_tag() -> str:
+    """This host's name, reduced to a safe file-name part (marks temporary names with their writer)."""
     return "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
 
 
@@ -46,14 +48,14 @@ def _remove_stale(parent: Path, name: str) -> None:
         if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")):
             continue
         pid, _, rest = entry.name[len(prefix) :].partition("-")
-        if pid.isdigit() and rest.startswith(_host() + "-") and not _pid_alive(int(pid)):
+        if pid.isdigit() and rest.startswith(host_tag() + "-") and not pid_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
 
 
 def _make_temp(parent: Path, name: str, tag: str = "") -> Path:
     """A new hidden folder next to the target (mode from the umask, unlike tempfile.mkdtemp)."""
     while True:
-        path = parent / f".{name}.om-prepare-{os.getpid()}-{_host()}-{tag}{secrets.token_hex(4)}.tmp"
+        path = parent / f".{name}.om-prepare-{os.getpid()}-{host_tag()}-{tag}{secrets.token_hex(4)}.tmp"
         try:
             path.mkdir()
             return path
