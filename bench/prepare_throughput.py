@@ -185,7 +185,7 @@ def main() -> None:
         "`prepare s` is the command's own time (start of the command to the end, the interpreter and torch "
         f"import excluded); `wall s` includes them. Peak RSS of the CLI doing nothing (`om --version`): "
         f"{baseline:.0f} MB, mostly torch (imported by `om`); the command fixes glibc's mmap threshold "
-        "(`om.data.memory.limit_heap_growth`) so that heap fragmentation does not grow with the input. Defaults: val fraction 0.1, chars vocab 4096, SentencePiece unigram "
+        "(`om.data.heap.limit_heap_growth`) so that heap fragmentation does not grow with the input. Defaults: val fraction 0.1, chars vocab 4096, SentencePiece unigram "
         "1024 trained on a 1 MB sample. Best of "
         f"{max(1, args.repeat)} runs for bytes and chars, 1 for sentencepiece.\n\n"
         f"{table}\n\n"

@@ -2,13 +2,19 @@
 
 __version__ = "0.1.0"
 
-from om.arc import ARC, ARCformer, ARCOutput
-from om.attention import causal_attention
-from om.config import OmConfig
-from om.model import OmLLM
-from om.positional import CoPE, RoPEEmbeddings
-from om.state import OmState
-from om.stem import CausalConvStem
+from om.model import (
+    ARC,
+    ARCformer,
+    ARCOutput,
+    CausalConvStem,
+    CoPE,
+    OmConfig,
+    OmLLM,
+    OmState,
+    RoPEEmbeddings,
+    causal_attention,
+    next_token_loss,
+)
 
 __all__ = [
     "ARC",
@@ -21,5 +27,6 @@ __all__ = [
     "OmState",
     "RoPEEmbeddings",
     "causal_attention",
+    "next_token_loss",
     "__version__",
 ]

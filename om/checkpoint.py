@@ -37,10 +37,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from om.config import OmConfig
+from om.model.config import OmConfig
 from om.data.outdir import host_tag, pid_alive
 from om.errors import OmRunError, OmUserError
-from om.memory import check_fits, inference_estimate, parameter_count
+from om.model.sizing import check_fits, inference_estimate, parameter_count
 from om.model import OmLLM
 
 FORMAT = "om-checkpoint/1"

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from om.errors import OmRunError, OmUserError
-from om.state import OmState
+from om.model.state import OmState
 
 FORMAT = "om-context-cache"
 VERSION = 1

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from om.context_cache import StreamContext
 from om.errors import OmUserError, printable
+from om.model.loss import next_token_loss
 
 CHUNK_BYTES = 1 << 20
 LOGITS_BUDGET = 64 << 20  # bytes of float32 logits per window, all rows together
@@ -328,19 +329,6 @@ def check_errors(errors: str) -> str:
     return errors
 
 
-def resolve_device(device: str) -> torch.device:
-    """"auto" (cuda if available, else cpu) or a torch device name; an unusable one is an OmUserError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise OmUserError(f"--device {device!r}: not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OmUserError(f"--device {device}: CUDA is not available on this machine")
-    return dev
-
-
 def validation_inputs(checkpoint) -> list[InputSource]:
     """The validation split of the dataset a checkpoint was trained on, as one ids source.
 
@@ -451,9 +439,7 @@ def _run_group(model, codec, sources, context, results, chunk_bytes, window, pos
         targets = np.stack([buffers[r][1 : n + 1] for r in active]).astype(np.int64)
         start = state.offset
         logits, state = model(torch.from_numpy(inputs).to(device), state)
-        nll = F.cross_entropy(
-            logits.float().flatten(0, 1), torch.from_numpy(targets).to(device).flatten(), reduction="none"
-        ).view(len(active), n)
+        nll = next_token_loss(logits, torch.from_numpy(targets).to(device), reduction="none")
         nll_np = nll.double().cpu().numpy()
         for i, r in enumerate(active):
             results[r].nll_nats += float(nll_np[i].sum())

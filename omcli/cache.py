@@ -22,10 +22,11 @@ def cache_command(
     """Save the model state after reading the inputs, for `om sample/eval --context-cache`."""
     from om.checkpoint import load_checkpoint
     from om.context_cache import save_context
-    from om.evaluate import check_errors, read_context, resolve_device
+    from om.device import resolve_device
+    from om.evaluate import check_errors, read_context
 
     check_errors(errors)
-    ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
+    ckpt = load_checkpoint(checkpoint, device=resolve_device(device, "--device"))
     context = read_context(ckpt.model, ckpt.codec, inputs, errors=errors)
     path = save_context(output, context, ckpt.fingerprint, ckpt.codec, ckpt.model)
     size = path.stat().st_size

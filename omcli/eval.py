@@ -90,11 +90,12 @@ def eval_command(
     """Score inputs with a checkpoint: bits per byte, perplexities, speed and peak memory."""
     from om.checkpoint import load_checkpoint
     from om.context_cache import load_context
-    from om.evaluate import check_batch_size, check_errors, evaluate, resolve_device, validation_inputs
+    from om.device import resolve_device
+    from om.evaluate import check_batch_size, check_errors, evaluate, validation_inputs
 
     check_batch_size(batch_size)
     check_errors(errors)
-    ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
+    ckpt = load_checkpoint(checkpoint, device=resolve_device(device, "--device"))
     context = load_context(context_cache, ckpt.fingerprint, ckpt.codec) if context_cache is not None else None
     sources = list(inputs) if inputs else validation_inputs(ckpt)
     result = evaluate(

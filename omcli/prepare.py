@@ -68,7 +68,7 @@ def prepare(
 ) -> None:
     """Encode documents into train.bin / val.bin with meta.json and the codec's files."""
     from om.data import RichProgress, prepare_dataset
-    from om.data.memory import limit_heap_growth
+    from om.data.heap import limit_heap_growth
 
     started = time.perf_counter()
     limit_heap_growth()  # this process only prepares: keep its memory flat whatever the input size

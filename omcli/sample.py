@@ -50,14 +50,15 @@ def sample_command(
     """Generate a continuation of the prompt; raw bytes on stdout, flushed as they are produced."""
     from om.checkpoint import load_checkpoint
     from om.context_cache import load_context
-    from om.evaluate import check_errors, resolve_device
+    from om.device import resolve_device
+    from om.evaluate import check_errors
     from om.sampling import SamplingOptions, generate
 
     stop_bytes = os.fsencode(stop) if stop is not None else None
     SamplingOptions(max_bytes, temperature, top_k, top_p, seed, stop_bytes).validate()
     check_errors(errors)
     prompt_bytes = _read_prompt(prompt, prompt_file)
-    ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
+    ckpt = load_checkpoint(checkpoint, device=resolve_device(device, "--device"))
     context = load_context(context_cache, ckpt.fingerprint, ckpt.codec) if context_cache is not None else None
     pieces = generate(
         ckpt.model, ckpt.codec, prompt_bytes, max_bytes, temperature, top_k, top_p, seed, stop_bytes, context, errors

@@ -15,7 +15,7 @@ from omcli.ranks import rank_failures
 def _print_plan(plan: dict, as_json: bool) -> None:
     import json
 
-    from om.memory import format_bytes
+    from om.model.sizing import format_bytes
 
     if as_json:
         print(json.dumps(plan, indent=2))

@@ -8,7 +8,7 @@ import torch
 from pydantic import ValidationError
 
 from om import ARC, ARCformer, CoPE, OmConfig, OmLLM, RoPEEmbeddings
-from om.attention import causal_attention, resolve_backend
+from om.model.attention import causal_attention, resolve_backend
 from tests.model_helpers import tiny_config, tiny_model
 
 

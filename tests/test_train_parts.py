@@ -11,7 +11,7 @@ import torch
 from om import OmConfig, OmLLM
 from om.data import BytesCodec
 from om.train.batches import BatchSampler, eval_windows
-from om.train.evaluate import tokens_for_bytes
+from om.train.validation import tokens_for_bytes
 from om.train.optim import param_groups
 from om.train.schedule import budget_progress, learning_rate
 

@@ -30,15 +30,17 @@ from om.checkpoint import (
     verify_checkpoint,
     write_latest,
 )
-from om.config import OmConfig
+from om.model.config import OmConfig
+from om.device import resolve_device
 from om.errors import OmRunError, OmUserError
-from om.memory import check_fits, training_estimate
+from om.model.loss import next_token_loss
+from om.model.sizing import check_fits, training_estimate
 from om.model import OmLLM
-from om.state import OmState
+from om.model.state import OmState
 from om.train.batches import BatchSampler
-from om.train.dataset import resolve_dataset
+from om.train.recipe_data import resolve_dataset
 from om.train.distributed import Distributed
-from om.train.evaluate import autocast, byte_count, evaluate, tokens_for_bytes
+from om.train.validation import autocast, byte_count, evaluate, tokens_for_bytes
 from om.train.optim import make_optimizer
 from om.train.recipe import Recipe
 from om.train.schedule import budget_progress, learning_rate
@@ -77,18 +79,6 @@ class _Progress:
     train_s: float = 0.0  # time spent in training steps only
     skipped: int = 0  # steps skipped for a non-finite loss or gradient
     window: dict = field(default_factory=lambda: {"nats": 0.0, "tokens": 0, "bytes": 0, "steps": 0, "train_s": 0.0})
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise OmUserError(f"train.device: {name!r} is not a torch device (auto, cpu, cuda, cuda:N, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise OmUserError(f"train.device: {name!r} asked for CUDA but no CUDA device is available")
-    return device
 
 
 def _mix_state(carried: OmState, init: OmState, reset) -> OmState:
@@ -213,7 +203,7 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         # Under torchrun: join the process group; only rank 0 prints, logs and writes files.
-        self.dist = Distributed.setup(r.distributed, _resolve_device(t.device))
+        self.dist = Distributed.setup(r.distributed, resolve_device(t.device, "train.device"))
         self.device = self.dist.device
         # Refuse a model that cannot fit before preparing data or allocating anything.
         check_fits(training_estimate(r.model, t.micro_batch_size, t.segments_per_sample * r.model.segment_len), self.device, self.source)
@@ -346,7 +336,7 @@ class Trainer:
                 with autocast(self.device, t.precision):
                     # Call the (possibly compiled) module itself; `model.loss` would bypass torch.compile.
                     logits, new_state = model(x, state)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                    loss = next_token_loss(logits, y)
                 (loss / len(self.micros)).backward()
             if t.state == "carry":
                 self.carried[micro] = new_state.detach()

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from om.checkpoint import CHECKPOINTS_DIR, list_checkpoints, newest_complete_checkpoint, resolve_checkpoint
-from om.config import OmConfig
+from om.model.config import OmConfig
 from om.errors import OmUserError
-from om.memory import available_bytes, check_fits, parameter_count, training_estimate
+from om.model.sizing import available_bytes, check_fits, parameter_count, training_estimate
 from om.train.recipe import Recipe, expand_path
 
 METRICS_FILE = "metrics.jsonl"
@@ -38,7 +38,7 @@ def _default_vocab(codec: str, vocab_size: int | None) -> int:
 def _data(recipe: Recipe, source: str) -> dict:
     """The dataset the run would read: opened if it exists, else where it would be prepared."""
     from om.data import open_dataset
-    from om.train.dataset import prepared_location
+    from om.train.recipe_data import prepared_location
 
     data = recipe.data
     if data.dataset is not None:
@@ -96,10 +96,10 @@ def plan_run(recipe: Recipe, run_dir: str | Path, resume: str = "auto", source: 
     """Check everything a run of `recipe` into `run_dir` would check first; return the plan as a
     JSON-ready dict (run_dir, device, data, model, parameters, memory, resume, recipe)."""
     from om.train.batches import BatchSampler
-    from om.train.loop import _resolve_device
+    from om.device import resolve_device
 
     t = recipe.train
-    device = _resolve_device(t.device)
+    device = resolve_device(t.device, "train.device")
     seq_len = t.segments_per_sample * recipe.model.segment_len
     check_fits(training_estimate(recipe.model, t.micro_batch_size, seq_len), device, source)
     data = _data(recipe, source)

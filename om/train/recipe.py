@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from om.config import OmConfig
+from om.model.config import OmConfig
 from om.errors import OmUserError
 
 _STRICT = ConfigDict(extra="forbid")

@@ -104,18 +104,18 @@ def nan_at(monkeypatch):
     """Make the training loss NaN at the given (1-based) steps."""
     bad: set[int] = set()
     current = {"step": 0}
-    train_step, cross_entropy = loop.Trainer._train_step, F.cross_entropy
+    train_step, loss_fn = loop.Trainer._train_step, loop.next_token_loss
 
     def patched_train_step(self, lr):
         current["step"] = self.p.step + 1
         return train_step(self, lr)
 
-    def patched_cross_entropy(*args, **kwargs):
-        loss = cross_entropy(*args, **kwargs)
+    def patched_loss(*args, **kwargs):
+        loss = loss_fn(*args, **kwargs)
         return loss * math.nan if current["step"] in bad else loss
 
     monkeypatch.setattr(loop.Trainer, "_train_step", patched_train_step)
-    monkeypatch.setattr(loop.F, "cross_entropy", patched_cross_entropy)
+    monkeypatch.setattr(loop, "next_token_loss", patched_loss)
     return bad
 
 

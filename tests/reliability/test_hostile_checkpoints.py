@@ -153,7 +153,7 @@ def test_codec_that_does_not_match_the_config(ck):
 def test_a_model_too_large_for_free_memory_is_refused_before_building(ck, monkeypatch):
     """A consistent checkpoint whose model would not fit: refused with the estimate (here the free
     memory is made small; a real one this large would need a file this large)."""
-    monkeypatch.setattr("om.memory.available_bytes", lambda device="cpu": 10_000)
+    monkeypatch.setattr("om.model.sizing.available_bytes", lambda device="cpu": 10_000)
     built = []
     monkeypatch.setattr("om.checkpoint.OmLLM", lambda config: built.append(config))
     line = assert_one_line_error(om("eval", str(ck), "-", input=b"x"), "eval", "config.json: the model needs about")

@@ -8,7 +8,7 @@ import torch
 
 from om import OmLLM
 from om.errors import OmUserError
-from om.memory import check_fits, inference_estimate, parameter_count, training_estimate
+from om.model.sizing import check_fits, inference_estimate, parameter_count, training_estimate
 from tests.model_helpers import tiny_config
 
 CONFIGS = {
@@ -61,7 +61,7 @@ def test_activations_are_in_the_right_ballpark(name):
 
 def test_refusal_names_the_estimate_and_the_free_memory(monkeypatch):
     config = tiny_config(dim=4096, n_layers=64)
-    monkeypatch.setattr("om.memory.available_bytes", lambda device="cpu": 2_000_000_000)
+    monkeypatch.setattr("om.model.sizing.available_bytes", lambda device="cpu": 2_000_000_000)
     with pytest.raises(OmUserError) as info:
         check_fits(training_estimate(config, 8, 64), "cpu", "r.yaml")
     message = str(info.value)
@@ -71,7 +71,7 @@ def test_refusal_names_the_estimate_and_the_free_memory(monkeypatch):
 
 
 def test_available_memory_is_read_from_the_machine():
-    from om.memory import available_bytes
+    from om.model.sizing import available_bytes
 
     free = available_bytes("cpu")
     assert free is None or 0 < free < 1 << 60

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from om.attention import causal_attention, resolve_backend
-from om.config import OmConfig
-from om.positional import CoPE, RoPEEmbeddings
+from om.model.attention import causal_attention, resolve_backend
+from om.model.config import OmConfig
+from om.model.positional import CoPE, RoPEEmbeddings
 
 ROLES = ("read", "segment", "write")
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from om.arc import ARCformer
-from om.config import OmConfig
-from om.state import OmState
-from om.stem import CausalConvStem
+from om.model.arc import ARCformer
+from om.model.config import OmConfig
+from om.model.loss import next_token_loss
+from om.model.state import OmState
+from om.model.stem import CausalConvStem
 
 
 class OmLLM(nn.Module):
@@ -97,4 +97,4 @@ class OmLLM(nn.Module):
     def loss(self, tokens: Tensor, targets: Tensor, state: OmState | None = None) -> tuple[Tensor, OmState]:
         """Mean next-token cross-entropy in nats: tokens, targets (B, T) -> (scalar, state)."""
         logits, state = self(tokens, state)
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()), state
+        return next_token_loss(logits, targets), state

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from om.config import OmConfig
+from om.model.config import OmConfig
 from om.errors import OmUserError
 
 FLOAT_BYTES = 4  # parameters, gradients, optimizer state and activations are float32

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from om.positional import CoPE
+from om.model.positional import CoPE
 
 
 def causal_allowed(n_new: int, n_total: int, device: torch.device) -> Tensor:

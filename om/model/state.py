@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from om.arc import SegmentCache
+from om.model.arc import SegmentCache
 
 
 @dataclass
