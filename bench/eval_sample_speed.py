@@ -130,7 +130,8 @@ def main() -> None:
         if speed is not None and mib * MIB / speed["bytes_per_second"] > args.budget_s:
             fit = max(1, int(args.budget_s * speed["bytes_per_second"] / MIB))
             fit = 1 << (fit.bit_length() - 1)
-            notes.append(f"{name} {mib} MiB was projected at {mib * MIB / speed['bytes_per_second']:.0f} s (> {args.budget_s:.0f} s); ran {fit} MiB instead")
+            projected = mib * MIB / speed["bytes_per_second"]
+            notes.append(f"{name} {mib} MiB was projected at {projected:.0f} s (> {args.budget_s:.0f} s); ran {fit} MiB instead")
             mib = fit
             if mib in by_model[name]:
                 continue

@@ -65,7 +65,7 @@ def main() -> None:
         state = model.init_state(1)
         token = torch.tensor([[65]])
         per_byte = []
-        for i in range(4 * config.segment_len):
+        for _ in range(4 * config.segment_len):
             start = time.perf_counter()
             _, state = model(token, state)
             per_byte.append(time.perf_counter() - start)

@@ -117,7 +117,8 @@ def train_plain(dataset: Path, minutes: float, val_txt: Path) -> dict:
     ds = open_dataset(dataset)
     context = OM_MODEL["segment_len"] * TRAIN["segments_per_sample"]
     torch.manual_seed(TRAIN["seed"])
-    model = PlainTransformer(ds.codec.vocab_size, OM_MODEL["dim"], OM_MODEL["n_layers"], OM_MODEL["n_heads"], context, OM_MODEL["mlp_ratio"])
+    m = OM_MODEL
+    model = PlainTransformer(ds.codec.vocab_size, m["dim"], m["n_layers"], m["n_heads"], context, m["mlp_ratio"])
     sampler = BatchSampler(ds.split("train"), context, TRAIN["micro_batch_size"], 1, TRAIN["seed"], "reset")
     optimizer = make_optimizer(model, TRAIN["lr"], TRAIN["weight_decay"], (0.9, 0.95), 1e-8)
     start, step, seen = time.perf_counter(), 0, 0

@@ -64,7 +64,9 @@ def main() -> None:
         run_dir = train_om(f"search-{name}", dataset, model, args.minutes, train)
         last = last_train_row(run_dir)
         results[name] = {"bits_per_byte": eval_om(run_dir, val_txt)["bits_per_byte"], "minutes": args.minutes,
-                         "threads": args.threads, "parameters": param_count(model, json.loads((dataset / "meta.json").read_text())["vocab_size"]), "steps": last.get("step"), "train_bytes": last.get("bytes"),
+                         "threads": args.threads,
+                         "parameters": param_count(model, json.loads((dataset / "meta.json").read_text())["vocab_size"]),
+                         "steps": last.get("step"), "train_bytes": last.get("bytes"),
                          "changes": {**model_over, **train_over}}
         results_file.write_text(json.dumps(results, indent=2))
         print(f"{name}: {results[name]['bits_per_byte']:.3f} bits/byte", file=sys.stderr, flush=True)

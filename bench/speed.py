@@ -162,7 +162,8 @@ def main() -> None:
         precision_rows.append(row)
         print(row, flush=True)
 
-    table1 = markdown_table(["model (fp32, batch 8 x 512)", "parameters", "MFLOP/byte (fwd+bwd)", "train bytes/s", "GFLOP/s", "MFU"], speed_rows)
+    columns = ["model (fp32, batch 8 x 512)", "parameters", "MFLOP/byte (fwd+bwd)", "train bytes/s", "GFLOP/s", "MFU"]
+    table1 = markdown_table(columns, speed_rows)
     table2 = markdown_table(["Om reference model", "train bytes/s", "vs fp32", "eval bytes/s", "vs fp32"], precision_rows)
     compile_note = ""
     compiled = {key: s for (label, key), s in first_call.items() if label.endswith("torch.compile")}

@@ -10,12 +10,23 @@ Layout of one checkpoint folder (e.g. ``run/checkpoints/step-0000100/``):
 - the codec's files (``codec.json`` and whatever the codec needs).
 - ``trainer.json``: whatever the caller passes (step, RNG states, ...) plus ``files`` (sha256 of
   every other file in the folder), ``dataset`` (location + fingerprint) and ``format``.
+- optional documentation files (``extra_files``, e.g. the ``README.md`` model card of a run's final
+  checkpoint): written with the others but left out of ``files``, so they may be edited; nothing
+  here reads them, and `verify_checkpoint` checks only the files listed.
 
-A checkpoint is written into a hidden temporary sibling folder (``.tmp-step-N-PID-HOST-*``), every
-file fsynced, then renamed into place, so a reader sees either the whole checkpoint or none of it;
-an old checkpoint is renamed to a hidden name before it is deleted, so it never looks complete
-while half deleted. Leftovers of a killed writer are removed by `remove_stale_temporaries`. The run
-folder's ``checkpoints/latest`` file names the newest checkpoint.
+A checkpoint is written with `om.atomic.writing_folder`: into a hidden temporary sibling folder
+(``.step-N.om-checkpoint-PID-HOST-*.tmp``), every file fsynced, then renamed into place, so a
+reader sees either the whole checkpoint or none of it; a checkpoint it replaces is renamed to a
+hidden name before it is deleted, so it never looks complete while half deleted. Files and folders
+get the modes of the user's umask (0644/0755 under umask 022).
+
+This module also holds the names a *reader* follows in a run folder: ``checkpoints/`` holds
+``step-NNNNNNN`` folders (`step_dir_name`, `list_checkpoints`) and the ``latest`` file naming the
+newest (`write_latest`; read by `resolve_checkpoint`). They live here, once, because `om eval`,
+`om sample` and `om cache` open run folders through `load_checkpoint` and must not depend on the
+training package. What a training run does with its folder (when `latest` moves, pruning to
+``keep_last``, the newest checksum-verified checkpoint, leftovers of dead writers, resuming,
+metrics.jsonl, recipe.yaml) is `om.train.run_folder`'s job.
 """
 
 from __future__ import annotations
@@ -23,11 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import re
-import secrets
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -37,11 +43,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from om.model.config import OmConfig
-from om.data.outdir import host_tag, pid_alive
+from om.atomic import write_failure_reason, write_file, writing_folder
 from om.errors import OmRunError, OmUserError
-from om.model.sizing import check_fits, inference_estimate, parameter_count
 from om.model import OmLLM
+from om.model.config import OmConfig
+from om.model.sizing import check_fits, inference_estimate, parameter_count
 
 FORMAT = "om-checkpoint/1"
 MODEL_FILE = "model.safetensors"
@@ -52,10 +58,7 @@ TRAINER_FILE = "trainer.json"
 LATEST_FILE = "latest"
 CHECKPOINTS_DIR = "checkpoints"
 STEP_PREFIX = "step-"
-TMP_PREFIX = ".tmp-"  # a checkpoint being written
-OLD_PREFIX = ".old-"  # a checkpoint being replaced or deleted
-# `.tmp-step-0000004-PID-HOST-xxxx`, `.old-step-0000004-PID-HOST-xxxx`, `.latest.tmp-PID-HOST`
-_TEMP_NAME = re.compile(r"^(?:\.(?:tmp|old)-" + STEP_PREFIX + r"\d+|\." + LATEST_FILE + r"\.tmp)-(\d+)-(\w+?)(?:-[^-]*)?$")
+CHECKPOINT_TAG = "checkpoint"  # temporary names: `.step-0000004.om-checkpoint-PID-HOST-*.tmp`
 
 
 @dataclass
@@ -79,6 +82,7 @@ class Checkpoint:
 
 # Hashing ------------------------------------------------------------------------------------------
 def sha256_file(path: str | Path) -> str:
+    """The sha256 hex digest of a file, read in blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -87,6 +91,7 @@ def sha256_file(path: str | Path) -> str:
 
 
 def step_dir_name(step: int) -> str:
+    """The name of the checkpoint folder of `step` inside ``checkpoints/``."""
     return f"{STEP_PREFIX}{step:07d}"
 
 
@@ -193,21 +198,6 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def _owner() -> str:
-    """`PID-HOST` of this process: marks its temporary names, so leftovers of a dead writer can be found."""
-    return f"{os.getpid()}-{host_tag()}"
-
-
-def write_failure_reason(err: BaseException) -> str | None:
-    """The reason text of a failed write (full disk, I/O error), or None for other exceptions."""
-    if isinstance(err, OSError):
-        return err.strerror or _one_line(err)
-    if isinstance(err, SafetensorError):  # the Rust writer wraps the OS error in its message
-        m = re.search(r"I/O error: (.*?) \(os error \d+\)", str(err))
-        return m.group(1) if m else None
-    return None
-
-
 def save_checkpoint(
     directory: str | Path,
     model: nn.Module,
@@ -217,50 +207,21 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     dataset: dict | None = None,
     tensors: dict[str, torch.Tensor] | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write a checkpoint folder at `directory` atomically and return its path.
 
     `trainer` is stored in trainer.json with ``files`` (sha256 of every other file), ``dataset``
-    and ``format`` added. `tensors` (optional) go to state.safetensors. An existing folder at
+    and ``format`` added. `tensors` (optional) go to state.safetensors. `extra_files` ({name: text},
+    e.g. a README.md) are written too but not checksummed (documentation, free to edit). An existing folder at
     `directory` is replaced. A failed write (a full disk, an I/O error) removes the temporary folder
     and raises `OmRunError`; an existing checkpoint at `directory` is then left as it was.
     """
     final = Path(directory)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-{_owner()}-", dir=final.parent))
     try:
-        save_weights(model, tmp / MODEL_FILE)
-        if optimizer is not None:
-            opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
-            save_file(opt_tensors, str(tmp / OPTIMIZER_FILE), metadata=opt_meta)
-        if tensors:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / STATE_FILE))
-        config.save(tmp / CONFIG_FILE)
-        if codec is not None:
-            codec.save(tmp)
-        files = {
-            p.relative_to(tmp).as_posix(): sha256_file(p)
-            for p in sorted(tmp.rglob("*"))
-            if p.is_file() and p.name != TRAINER_FILE
-        }
-        meta = dict(trainer)
-        meta["format"] = FORMAT
-        meta["dataset"] = dataset
-        meta["files"] = files
-        # trainer.json is written last: a folder without it is never taken for a checkpoint.
-        _write_json(tmp / TRAINER_FILE, meta)
-        _fsync_dir_files(tmp)
-        _fsync_dir(tmp)
-        if final.exists():
-            old = final.parent / f"{OLD_PREFIX}{final.name}-{_owner()}-{secrets.token_hex(4)}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        with writing_folder(final, CHECKPOINT_TAG) as tmp:
+            _fill(tmp, model, config, codec, trainer, optimizer, dataset, tensors, extra_files or {})
     except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         reason = write_failure_reason(err)
         if reason is not None:
             raise OmRunError(f"{final}: cannot write the checkpoint ({reason}); nothing of it was kept") from None
@@ -268,40 +229,42 @@ def save_checkpoint(
     return final
 
 
-def _fsync_dir_files(folder: Path) -> None:
-    for p in folder.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a folder's entries (a rename into it) durable; a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on folders; the rename is still atomic
-    finally:
-        os.close(fd)
+def _fill(tmp: Path, model, config, codec, trainer, optimizer, dataset, tensors, extra_files: dict[str, str]) -> None:
+    """Write the files of a checkpoint into the empty folder `tmp`, trainer.json last."""
+    for name in extra_files:
+        if not _inside(name) or "/" in name or name == TRAINER_FILE:
+            raise ValueError(f"extra checkpoint file {name!r}: expected a plain file name other than {TRAINER_FILE}")
+    save_weights(model, tmp / MODEL_FILE)
+    if optimizer is not None:
+        opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
+        save_file(opt_tensors, str(tmp / OPTIMIZER_FILE), metadata=opt_meta)
+    if tensors:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / STATE_FILE))
+    config.save(tmp / CONFIG_FILE)
+    if codec is not None:
+        codec.save(tmp)
+    files = {
+        p.relative_to(tmp).as_posix(): sha256_file(p)
+        for p in sorted(tmp.rglob("*"))
+        if p.is_file() and p.name != TRAINER_FILE
+    }
+    for name, text in extra_files.items():  # after the checksums: documentation, not checked
+        (tmp / name).write_text(text)
+    meta = dict(trainer)
+    meta["format"] = FORMAT
+    meta["dataset"] = dataset
+    meta["files"] = files
+    # trainer.json is written last: a folder without it is never taken for a checkpoint.
+    _write_json(tmp / TRAINER_FILE, meta)
 
 
 def write_latest(checkpoints_dir: str | Path, checkpoint: str | Path) -> None:
     """Point `checkpoints_dir/latest` at `checkpoint` (a folder inside it), atomically."""
-    checkpoints_dir = Path(checkpoints_dir)
-    tmp = checkpoints_dir / f".{LATEST_FILE}.tmp-{_owner()}"
+    latest = Path(checkpoints_dir) / LATEST_FILE
     try:
-        with open(tmp, "w") as f:
-            f.write(Path(checkpoint).name + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, checkpoints_dir / LATEST_FILE)
+        write_file(latest, Path(checkpoint).name + "\n")
     except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise OmRunError(f"{checkpoints_dir / LATEST_FILE}: cannot write ({err.strerror or _one_line(err)})") from None
+        raise OmRunError(f"{latest}: cannot write ({err.strerror or _one_line(err)})") from None
 
 
 def _step_of(folder: Path) -> int | None:
@@ -317,61 +280,6 @@ def list_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
         return []
     found = [p for p in folder.iterdir() if p.is_dir() and _step_of(p) is not None and (p / TRAINER_FILE).is_file()]
     return sorted(found, key=_step_of)
-
-
-def newest_complete_checkpoint(checkpoints_dir: str | Path) -> tuple[Path | None, list[str]]:
-    """The checkpoint with the highest step in `checkpoints_dir` whose files all match their
-    checksums (None if there is none), and the reason each newer folder was passed over."""
-    passed_over: list[str] = []
-    for folder in reversed(list_checkpoints(checkpoints_dir)):
-        try:
-            verify_checkpoint(folder)
-        except OmUserError as err:
-            passed_over.append(str(err))
-            continue
-        return folder, passed_over
-    return None, passed_over
-
-
-def remove_stale_temporaries(checkpoints_dir: str | Path) -> list[Path]:
-    """Delete the hidden leftovers (a half-written checkpoint, a half-deleted old one, a `latest`
-    being written) of writers on this host whose process is gone, e.g. killed with SIGKILL.
-    Returns what was removed."""
-    folder = Path(checkpoints_dir)
-    try:
-        entries = list(folder.iterdir())
-    except OSError:
-        return []
-    host = host_tag()
-    removed = []
-    for entry in entries:
-        m = _TEMP_NAME.match(entry.name)
-        if m is None or m.group(2) != host or pid_alive(int(m.group(1))):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-        removed.append(entry)
-    return removed
-
-
-def prune_checkpoints(checkpoints_dir: str | Path, keep_last: int, protect: Path | None = None) -> None:
-    """Delete all but the newest `keep_last` checkpoints (never `protect`); keep_last <= 0 keeps all.
-
-    Each is first renamed to a hidden name, so a kill during the deletion leaves no half-deleted
-    folder that looks like a checkpoint."""
-    if keep_last <= 0:
-        return
-    found = list_checkpoints(checkpoints_dir)
-    for old in found[:-keep_last]:
-        if protect is None or old.resolve() != Path(protect).resolve():
-            trash = old.parent / f"{OLD_PREFIX}{old.name}-{_owner()}-{secrets.token_hex(4)}"
-            try:
-                os.replace(old, trash)
-            except OSError:
-                continue
-            shutil.rmtree(trash, ignore_errors=True)
 
 
 # Finding and loading ------------------------------------------------------------------------------

@@ -12,20 +12,22 @@ File format (`save_context` / `load_context`): a safetensors file whose tensors 
 `format` = "om-context-cache", `version`, `checkpoint` (sha256 of the checkpoint's
 model.safetensors), `offset` (tokens fed), `tokens` (offset + 1, the pending token counted),
 `bytes` (input bytes read), `codec`, `vocab_size` and `inputs` (JSON list of names).
+`context_bytes` / `load_context_bytes` are the same format in memory (`om cache -o -` writes it
+to stdout, `--context-cache -` reads it from stdin).
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save, save_file
 
+from om.atomic import remove_stale, write_failure_reason, writing_file
 from om.errors import OmRunError, OmUserError
 from om.model.state import OmState
 
@@ -70,12 +72,8 @@ class StreamContext:
         return state
 
 
-def save_context(path: str | Path, context: StreamContext, checkpoint_fingerprint: str, codec, model=None) -> Path:
-    """Write `context` to `path` atomically (temporary file, then rename). Returns the path.
-
-    `model` is needed only when `context.state` is None (it supplies the initial state).
-    """
-    path = Path(path)
+def _file_contents(context: StreamContext, checkpoint_fingerprint: str, codec, model) -> tuple[dict, dict]:
+    """(tensors, metadata) of the file that holds `context`."""
     state = context.state
     if state is None:
         if model is None:
@@ -96,18 +94,31 @@ def save_context(path: str | Path, context: StreamContext, checkpoint_fingerprin
         "vocab_size": str(codec.vocab_size),
         "inputs": json.dumps(context.inputs),
     }
+    return tensors, metadata
+
+
+def context_bytes(context: StreamContext, checkpoint_fingerprint: str, codec, model=None) -> bytes:
+    """The context cache file of `context`, in memory (what `save_context` writes)."""
+    tensors, metadata = _file_contents(context, checkpoint_fingerprint, codec, model)
+    return save(tensors, metadata=metadata)
+
+
+def save_context(path: str | Path, context: StreamContext, checkpoint_fingerprint: str, codec, model=None) -> Path:
+    """Write `context` to `path` atomically (`om.atomic.writing_file`: a temporary file next to it,
+    fsynced, then renamed; its mode follows the umask). Returns the path.
+
+    `model` is needed only when `context.state` is None (it supplies the initial state).
+    """
+    path = Path(path)
+    tensors, metadata = _file_contents(context, checkpoint_fingerprint, codec, model)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OmUserError(f"{path}: folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    remove_stale(parent, path.name)  # temporaries of a writer that was killed
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        with writing_file(path, "cache") as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
     except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        from om.checkpoint import write_failure_reason  # late: om.checkpoint loads the model code
-
         reason = write_failure_reason(err)
         if reason is not None:  # a full disk: one line, nothing left behind
             raise OmRunError(f"{path}: cannot write the context cache ({reason}); nothing was written") from None
@@ -122,17 +133,25 @@ def read_header(path: str | Path) -> dict[str, str]:
         raise OmUserError(f"{path}: context cache not found")
     try:
         with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            if size <= 0 or size > 100_000_000:
-                raise ValueError("bad header size")
-            header = json.loads(f.read(size))
+            return _header(f, path)
+    except OSError as err:
+        raise OmUserError(f"{path}: not a context cache (unreadable safetensors header: {err})") from None
+
+
+def _header(f, name) -> dict[str, str]:
+    """The checked metadata of the context cache being read from binary file `f` (named `name`)."""
+    try:
+        size = int.from_bytes(f.read(8), "little")
+        if size <= 0 or size > 100_000_000:
+            raise ValueError("bad header size")
+        header = json.loads(f.read(size))
         metadata = header.get("__metadata__") or {}
     except (OSError, ValueError, AttributeError) as err:
-        raise OmUserError(f"{path}: not a context cache (unreadable safetensors header: {err})") from None
+        raise OmUserError(f"{name}: not a context cache (unreadable safetensors header: {err})") from None
     if metadata.get("format") != FORMAT:
-        raise OmUserError(f"{path}: not a context cache (no '{FORMAT}' format tag; make one with `om cache`)")
+        raise OmUserError(f"{name}: not a context cache (no '{FORMAT}' format tag; make one with `om cache`)")
     if metadata.get("version") != str(VERSION):
-        raise OmUserError(f"{path}: context cache format version {metadata.get('version')!r}, this om reads version {VERSION}")
+        raise OmUserError(f"{name}: context cache format version {metadata.get('version')!r}, this om reads version {VERSION}")
     return metadata
 
 
@@ -140,6 +159,16 @@ def load_context(path: str | Path, checkpoint_fingerprint: str, codec) -> Stream
     """Read a context cache, refusing one made by another checkpoint or codec (OmUserError)."""
     path = Path(path)
     meta = read_header(path)
+    return _load(path, meta, lambda: load_file(str(path)), checkpoint_fingerprint, codec)
+
+
+def load_context_bytes(data: bytes, name: str, checkpoint_fingerprint: str, codec) -> StreamContext:
+    """`load_context` of a cache file's contents in memory (read from stdin, say); `name` names it in errors."""
+    meta = _header(io.BytesIO(data), name)
+    return _load(name, meta, lambda: load(data), checkpoint_fingerprint, codec)
+
+
+def _load(path, meta: dict[str, str], read_tensors, checkpoint_fingerprint: str, codec) -> StreamContext:
     made_by = meta.get("checkpoint", "")
     if made_by != checkpoint_fingerprint:
         raise OmUserError(
@@ -152,7 +181,7 @@ def load_context(path: str | Path, checkpoint_fingerprint: str, codec) -> Stream
             f"the checkpoint's {codec.name} (vocab {codec.vocab_size})"
         )
     try:
-        tensors = load_file(str(path))
+        tensors = read_tensors()
         pending = int(tensors.pop("pending").reshape(-1)[0])
         state = OmState.from_dict(tensors)
         inputs = json.loads(meta.get("inputs", "[]"))

@@ -7,18 +7,18 @@ import torch
 from om.errors import OmUserError
 
 
-def resolve_device(name: str, key: str = "device") -> torch.device:
+def resolve_device(device: str) -> torch.device:
     """"auto" (cuda if available, else cpu) or a torch device name -> `torch.device`.
 
-    An unusable name is an `OmUserError` that starts with `key`, the name the caller knows the
-    setting by (a recipe key such as `train.device`, a flag such as `--device`).
+    An unusable name is an `OmUserError` about the argument `device` (callers rename it with
+    `om.errors.renamed_keys`: `--device` for the CLI, `train.device` for a recipe).
     """
-    if name == "auto":
+    if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
+        resolved = torch.device(device)
     except (RuntimeError, ValueError):
-        raise OmUserError(f"{key}: {name!r} is not a torch device (auto, cpu, cuda, cuda:N, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise OmUserError(f"{key}: {name!r} asked for CUDA but no CUDA device is available")
-    return device
+        raise OmUserError(f"device {device!r} is not a name torch knows (auto, cpu, cuda, cuda:N, mps)", key="device") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise OmUserError(f"device {device!r} asks for CUDA but this machine has no CUDA GPU", key="device")
+    return resolved

@@ -28,9 +28,11 @@ double in width (64-127, 128-255, ...), so the table stays short for inputs of a
 
 from __future__ import annotations
 
+import codecs as _codecs
 import contextlib
 import io
 import math
+import re
 import resource
 import sys
 import time
@@ -40,9 +42,10 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from om.context_cache import StreamContext
+from om.data.sources import expand_inputs
+from om.data.utf8 import check_errors
 from om.errors import OmUserError, printable
 from om.model.loss import next_token_loss
 
@@ -79,18 +82,26 @@ def ids_source(name: str, ids: np.ndarray) -> InputSource:
     return InputSource(name, int(len(ids)), ids=ids)
 
 
-def _file_source(path: Path) -> InputSource:
-    return InputSource(str(path), path.stat().st_size, open_bytes=lambda: open(path, "rb"))
+def _file_source(source, stdin: BinaryIO | None = None) -> InputSource:
+    """An `om.data.sources.Source` (a file, a pipe, or stdin) as an `InputSource`."""
+    if source.path is None:
+        return stdin_source(stdin)
+    return InputSource(source.name, source.size, open_bytes=lambda: open(source.path, "rb"))
 
 
-def resolve_inputs(items: Sequence, stdin: BinaryIO | None = None) -> list[InputSource]:
-    """Turn paths, folders, "-" (stdin), bytes, binary file objects or `InputSource`s into sources.
+def _is_path(item) -> bool:
+    return not isinstance(item, (InputSource, bytes, bytearray, memoryview)) and not hasattr(item, "read")
 
-    A folder stands for every file under it (recursively, sorted by path; names starting with "."
-    are skipped). A missing path, an empty folder or "-" given twice is an `OmUserError`.
+
+def eval_sources(items: Sequence, stdin: BinaryIO | None = None) -> list[InputSource]:
+    """What `evaluate` and `read_context` take, as sources, in order: `InputSource`s as they are,
+    bytes and binary file objects wrapped, and paths, folders and "-" (stdin) expanded by
+    `om.data.sources.expand_inputs` (a folder: its files, recursively, sorted, hidden entries
+    skipped; a file given twice is read twice). A missing path, an empty folder or "-" given twice
+    is an `OmUserError`.
     """
+    expanded = iter(expand_inputs([item for item in items if _is_path(item)], read_once=False))
     sources: list[InputSource] = []
-    seen_stdin = False
     for item in items:
         if isinstance(item, InputSource):
             sources.append(item)
@@ -98,33 +109,21 @@ def resolve_inputs(items: Sequence, stdin: BinaryIO | None = None) -> list[Input
             data = bytes(item)
             sources.append(InputSource(f"<bytes {len(data)}>", len(data), open_bytes=lambda d=data: io.BytesIO(d)))
         elif hasattr(item, "read"):
-            sources.append(InputSource(getattr(item, "name", "<stream>"), None, open_bytes=lambda s=item: contextlib.nullcontext(s)))
-        elif str(item) == "-":
-            if seen_stdin:
-                raise OmUserError("-: standard input given more than once")
-            seen_stdin = True
-            sources.append(stdin_source(stdin))
+            name = getattr(item, "name", "<stream>")
+            sources.append(InputSource(name, None, open_bytes=lambda s=item: contextlib.nullcontext(s)))
         else:
-            path = Path(item)
-            if path.is_dir():
-                files = sorted(
-                    p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                )
-                if not files:
-                    raise OmUserError(f"{path}: folder holds no files to read")
-                sources.extend(_file_source(p) for p in files)
-            elif path.is_file():
-                sources.append(_file_source(path))
-            elif path.exists():
-                raise OmUserError(f"{path}: not a regular file or folder")
-            else:
-                raise OmUserError(f"{path}: no such file or folder")
+            sources.extend(_file_source(source, stdin) for source in next(expanded))
     return sources
 
 
 def _id_chunks(ids: np.ndarray, step: int) -> Iterator[np.ndarray]:
-    """Slices of an id array (copies, in its dtype). A memmap is read with plain file reads instead, since touching
-    its pages would count the whole split in this process's resident memory."""
+    """Slices of an id array (copies, in its dtype). A memmap (or a `BytesSplit`) is read with plain file reads instead,
+    since touching its pages would count the whole split in this process's resident memory."""
+    from om.data.bytesplit import BytesSplit
+
+    if isinstance(ids, BytesSplit):
+        yield from ids.chunks(step)
+        return
     filename = getattr(ids, "filename", None)
     if isinstance(ids, np.memmap) and filename and ids.ndim == 1:
         with open(filename, "rb") as f:
@@ -137,13 +136,68 @@ def _id_chunks(ids: np.ndarray, step: int) -> Iterator[np.ndarray]:
         yield np.array(ids[start : start + step])
 
 
+_WHITESPACE = re.compile(r"\s+")
+
+
+class WordCounter:
+    r"""Counts words as lm-evaluation-harness does for `word_perplexity`, fed text in pieces.
+
+    lm-eval counts `len(re.split(r"\s+", doc))` words per document: one more than the number of
+    runs of (Unicode) whitespace. Here: `add(data)` feeds UTF-8 bytes (any split, even inside a
+    character or a whitespace run; invalid bytes count as non-space characters), `end_document()`
+    closes the current document, `words` is the count so far. A document with no characters
+    counts 0 words (lm-eval would count 1 for an empty string; om reports no words for no text).
+    """
+
+    def __init__(self):
+        self.finished = 0  # words of closed documents
+        self._decoder = _codecs.getincrementaldecoder("utf-8")("replace")
+        self._runs = 0
+        self._any = False  # the open document has characters
+        self._space = False  # its last character is whitespace
+
+    def add(self, data: bytes, final: bool = False) -> None:
+        self._text(self._decoder.decode(bytes(data), final))
+
+    def _text(self, text: str) -> None:
+        if not text:
+            return
+        runs = len(_WHITESPACE.findall(text))
+        if self._space and text[0].isspace():
+            runs -= 1  # the run started in an earlier piece
+        self._runs += runs
+        self._any = True
+        self._space = text[-1].isspace()
+
+    def end_document(self) -> None:
+        self._text(self._decoder.decode(b"", True))
+        self.finished += self._open_words()
+        self._decoder.reset()
+        self._runs, self._any, self._space = 0, False, False
+
+    def _open_words(self) -> int:
+        return self._runs + 1 if self._any else 0
+
+    @property
+    def words(self) -> int:
+        return self.finished + self._open_words()
+
+
+def _decodes(codec) -> bool:
+    """Whether the codec turns ids back into bytes (every Om codec does; a foreign one may not)."""
+    return callable(getattr(codec, "decode", None))
+
+
 class TokenReader:
-    """Reads one `InputSource` as chunks of token ids, counting bytes and documents.
+    """Reads one `InputSource` as chunks of token ids, counting bytes, documents and words.
 
     Chunks keep the codec's compact dtype (uint8/16/32); callers widen only what they feed.
 
     `bytes`: original bytes covered so far (bytes read from a byte source; `codec.byte_count` of
-    an ids source). `documents`: runs of non-separator tokens seen so far.
+    an ids source). `documents`: runs of non-separator tokens seen so far. `words`: words of the
+    text so far as lm-evaluation-harness counts them (see `WordCounter`; a byte source is one
+    document, an ids source is cut into documents at its separators and decoded by the codec);
+    None for an ids source whose codec cannot decode ids to bytes.
     """
 
     def __init__(self, source: InputSource, codec, chunk_bytes: int = CHUNK_BYTES, errors: str = "strict"):
@@ -153,6 +207,11 @@ class TokenReader:
         self.documents = 0
         self._in_document = False
         self._sep = int(codec.doc_sep_id)
+        self._words = WordCounter() if source.ids is None or _decodes(codec) else None
+
+    @property
+    def words(self) -> int | None:
+        return None if self._words is None else self._words.words
 
     def _count(self, ids: np.ndarray) -> np.ndarray:
         if len(ids):
@@ -162,11 +221,29 @@ class TokenReader:
             self._in_document = bool(in_doc[-1])
         return ids
 
+    def _count_id_words(self, ids: np.ndarray) -> None:
+        if self._words is None:
+            return
+        try:
+            start = 0
+            for cut in np.flatnonzero(ids == self._sep).tolist():
+                if cut > start:
+                    self._words.add(self.codec.decode(ids[start:cut]))
+                self._words.end_document()
+                start = cut + 1
+            if start < len(ids):
+                self._words.add(self.codec.decode(ids[start:]))
+        except NotImplementedError:
+            self._words = None
+
     def __iter__(self) -> Iterator[np.ndarray]:
         if self.source.ids is not None:
             for chunk in _id_chunks(self.source.ids, self.chunk_bytes):
                 self.bytes += int(self.codec.byte_count(chunk))
+                self._count_id_words(chunk)
                 yield self._count(chunk)
+            if self._words is not None:
+                self._words.end_document()
             return
         encoder = self.codec.encoder(errors=self.errors, source=self.source.name)
         with self.source.open_bytes() as f:
@@ -175,9 +252,11 @@ class TokenReader:
                 if not data:
                     break
                 self.bytes += len(data)
+                self._words.add(data)
                 ids = np.asarray(encoder.encode(data, final=False))
                 if len(ids):
                     yield self._count(ids)
+        self._words.end_document()
         ids = np.asarray(encoder.encode(b"", final=True))
         if len(ids):
             yield self._count(ids)
@@ -194,13 +273,16 @@ def _pow2(bits: float | None) -> float | None:
 
 @dataclass
 class StreamResult:
-    """Totals for one input (or all inputs together): NLL in nats, bytes, tokens, documents."""
+    """Totals for one input (or all inputs together): NLL in nats, bytes, tokens, documents, and
+    words (lm-evaluation-harness's count, see `WordCounter`; None when they could not be counted).
+    """
 
     name: str
     bytes: int = 0
     tokens: int = 0
     documents: int = 0
     nll_nats: float = 0.0
+    words: int | None = 0
 
     @property
     def bits_per_byte(self) -> float | None:
@@ -209,6 +291,13 @@ class StreamResult:
     @property
     def bits_per_token(self) -> float | None:
         return _bits(self.nll_nats, self.tokens)
+
+    @property
+    def word_perplexity(self) -> float | None:
+        """e ** (NLL in nats / words), lm-evaluation-harness's `word_perplexity`; None without words."""
+        if not self.words:
+            return None
+        return math.exp(min(self.nll_nats / self.words, 700.0))
 
     def to_dict(self) -> dict:
         bpb, bpt = self.bits_per_byte, self.bits_per_token
@@ -222,6 +311,8 @@ class StreamResult:
             "bytes": self.bytes,
             "tokens": self.tokens,
             "documents": self.documents,
+            "words": self.words,
+            "word_perplexity": self.word_perplexity,
         }
 
 
@@ -291,6 +382,7 @@ class EvalResult:
             t.tokens += r.tokens
             t.documents += r.documents
             t.nll_nats += r.nll_nats
+            t.words = None if t.words is None or r.words is None else t.words + r.words
         return t
 
     @property
@@ -308,9 +400,9 @@ class EvalResult:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB."""
+    """Peak resident set size of this process so far, in MB (10^6 bytes, as every size om reports)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
+    return (rss if sys.platform == "darwin" else rss * 1024) / 1e6
 
 
 # Checks and defaults -----------------------------------------------------------------------------
@@ -318,19 +410,49 @@ MAX_BATCH_SIZE = 4096
 
 
 def check_batch_size(batch_size: int) -> int:
+    """`batch_size` if it is from 1 to MAX_BATCH_SIZE, else an `OmUserError` about `batch_size`."""
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
-        raise OmUserError(f"--batch-size {batch_size}: must be from 1 to {MAX_BATCH_SIZE}")
+        raise OmUserError(f"batch_size {batch_size}: must be from 1 to {MAX_BATCH_SIZE}", key="batch_size")
     return batch_size
 
 
-def check_errors(errors: str) -> str:
-    if errors not in ("strict", "replace"):
-        raise OmUserError(f"--errors {errors!r}: must be strict or replace")
-    return errors
+def validation_slice(split: np.ndarray, name: str, tokens: int | None = None, streams: int = 1) -> list[InputSource]:
+    """The first `tokens` ids of a split (all of it when None) cut into `streams` contiguous pieces.
+
+    Piece r covers ids [r*n, (r+1)*n) with n = tokens // streams (the last piece runs to `tokens`)
+    and is scored as its own stream, starting from the document separator like every input. This
+    is the one definition of "the validation slice": training's logged val figure and
+    `om eval CKPT --val-tokens N --val-streams R` both score exactly these sources. `split` is
+    what `Dataset.split` gives: an id array or memmap, or a `BytesSplit` (its pieces are views).
+    """
+    total = len(split) if tokens is None else min(int(tokens), len(split))
+    if total < 1:
+        raise OmUserError(f"{name}: the split holds no tokens to evaluate")
+    streams = max(1, min(int(streams), total))
+    n = total // streams
+    bounds = [(r * n, (r + 1) * n if r < streams - 1 else total) for r in range(streams)]
+    if streams == 1 and total == len(split):
+        return [ids_source(name, split)]
+    return [ids_source(f"{name}[{a}:{b}]", _id_slice(split, a, b)) for a, b in bounds]
 
 
-def validation_inputs(checkpoint) -> list[InputSource]:
-    """The validation split of the dataset a checkpoint was trained on, as one ids source.
+def _id_slice(ids: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """ids[start:stop]; a memmap stays a memmap of its own file region, because a sliced memmap
+    keeps its parent's `offset` and `_id_chunks` reads the file from that offset. A `BytesSplit`
+    gives a view of itself (nothing is read until `_id_chunks`)."""
+    from om.data.bytesplit import BytesSplit
+
+    if isinstance(ids, BytesSplit):
+        return ids.view(start, stop)
+    filename = getattr(ids, "filename", None)
+    if isinstance(ids, np.memmap) and filename and ids.ndim == 1 and stop > start:
+        offset = int(ids.offset) + start * ids.dtype.itemsize
+        return np.memmap(filename, dtype=ids.dtype, mode="r", offset=offset, shape=(stop - start,))
+    return ids[start:stop]
+
+
+def validation_inputs(checkpoint, tokens: int | None = None, streams: int = 1) -> list[InputSource]:
+    """The validation split of the dataset a checkpoint was trained on (see `validation_slice`).
 
     Refuses (OmUserError) when the checkpoint names no dataset, the dataset is gone, it changed
     since training (fingerprint), or it was encoded with another codec.
@@ -357,7 +479,7 @@ def validation_inputs(checkpoint) -> list[InputSource]:
             f"{path}: the dataset is encoded with the {dataset.codec.name} codec (vocab {dataset.codec.vocab_size}), "
             f"the checkpoint uses {codec.name} (vocab {codec.vocab_size})"
         )
-    return [ids_source(f"{path} (val)", dataset.split("val"))]
+    return validation_slice(dataset.split("val"), f"{path} (val)", tokens, streams)
 
 
 # Evaluation --------------------------------------------------------------------------------------
@@ -404,7 +526,35 @@ class _Positions:
         return [self.buckets[b] for b in sorted(self.buckets)]
 
 
-def _run_group(model, codec, sources, context, results, chunk_bytes, window, positions, errors) -> None:
+ProgressCallback = Callable[[int, "int | None"], None]
+
+
+class _Progress:
+    """Counts the bytes behind the tokens scored so far for a `progress(bytes_done, bytes_total)`
+    callback, called after every forward call (so a slow model still reports often); the total is
+    the sum of the inputs' sizes, None when one is unknown (stdin) or counts ids (a split)."""
+
+    def __init__(self, callback: ProgressCallback | None, codec, sources: Sequence[InputSource]):
+        self.callback, self.codec = callback, codec
+        known = all(s.size is not None and s.ids is None for s in sources)
+        self.total = sum(s.size for s in sources) if known else None
+        self.done = self.settled = 0
+
+    def scored(self, targets: np.ndarray) -> None:
+        """After a forward call whose predicted tokens are `targets` (any shape)."""
+        if self.callback is not None:
+            self.done += int(self.codec.byte_count(targets.reshape(-1)))
+            self.callback(self.done, self.total)
+
+    def finished(self, nbytes: int) -> None:
+        """Inputs covering `nbytes` bytes are done: from here the count is exact again."""
+        self.settled += nbytes
+        self.done = self.settled
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+
+def _run_group(model, codec, sources, context, results, chunk_bytes, window, positions, errors, progress=None) -> None:
     device = next(model.parameters()).device
     sep = int(codec.doc_sep_id)
     readers = [TokenReader(s, codec, chunk_bytes, errors) for s in sources]
@@ -447,9 +597,14 @@ def _run_group(model, codec, sources, context, results, chunk_bytes, window, pos
             buffers[r] = buffers[r][n:]
         if positions is not None:
             positions.add(start, nll_np, targets)
+        if progress is not None:
+            progress.scored(targets)
     for r, reader in enumerate(readers):
         results[r].bytes = reader.bytes
         results[r].documents = reader.documents
+        results[r].words = reader.words
+    if progress is not None:
+        progress.finished(sum(reader.bytes for reader in readers))
 
 
 def evaluate(
@@ -462,31 +617,35 @@ def evaluate(
     context: StreamContext | None = None,
     by_position: bool = False,
     errors: str = "strict",
+    progress: ProgressCallback | None = None,
 ) -> EvalResult:
     """Score each input as one stream; see the module docstring for what is scored and how.
 
-    model: an `OmLLM`; codec: an `om.data.Codec`; inputs: anything `resolve_inputs` takes;
+    model: an `OmLLM`; codec: an `om.data.Codec`; inputs: anything `eval_sources` takes;
     batch_size: streams run side by side; chunk_bytes: bytes read (or ids sliced) at a time;
     window: tokens per forward call (default `default_window`); context: start every input from
     this saved stream instead of the document separator; by_position: fill `by_position`;
     errors: "strict" (invalid UTF-8 for a chars/SentencePiece model is an `OmUserError` naming the
-    input and offset) or "replace" (U+FFFD).
+    input and offset) or "replace" (U+FFFD); progress: called as `progress(bytes_done, bytes_total)`
+    after every forward call (bytes_total None when an input's size is unknown, as for stdin or a
+    dataset split; bytes_done is exact at the end of each group of inputs).
     """
     check_batch_size(batch_size)
     check_errors(errors)
-    sources = resolve_inputs(inputs)
+    sources = eval_sources(inputs)
     context = context or StreamContext.fresh(codec)
     window = window or default_window(model.config, min(batch_size, max(1, len(sources))))
     results = [StreamResult(s.name) for s in sources]
     positions = _Positions(model.config.segment_len, codec) if by_position else None
     # Group inputs of similar (known) size so that rows of a group end at about the same time.
     order = sorted(range(len(sources)), key=lambda i: -(sources[i].size if sources[i].size is not None else -1))
+    counter = _Progress(progress, codec, sources) if progress is not None else None
     t0 = time.perf_counter()
     with eval_mode(model):
         for g in range(0, len(order), batch_size):
             group = order[g : g + batch_size]
             sub = [results[i] for i in group]
-            _run_group(model, codec, [sources[i] for i in group], context, sub, chunk_bytes, window, positions, errors)
+            _run_group(model, codec, [sources[i] for i in group], context, sub, chunk_bytes, window, positions, errors, counter)
     seconds = time.perf_counter() - t0
     return EvalResult(
         inputs=results,
@@ -515,17 +674,20 @@ def read_context(
     chunk_bytes: int = CHUNK_BYTES,
     window: int | None = None,
     errors: str = "strict",
+    progress: ProgressCallback | None = None,
 ) -> StreamContext:
     """Read the inputs once, as one stream, and return where it stands (for `om cache`).
 
     The inputs are joined like training documents: separator, first input, separator, second
     input, ... (starting from `context` instead of a fresh separator if given). The stream is kept
     open: whatever reads the returned context next continues right after the last input.
+    `progress`: as for `evaluate`, called after every window fed.
     """
-    sources = resolve_inputs(inputs)
+    sources = eval_sources(inputs)
     ctx = context or StreamContext.fresh(codec)
     window = window or default_window(model.config, 1)
     sep = np.array([codec.doc_sep_id], dtype=np.int64)
+    counter = _Progress(progress, codec, sources)
     with eval_mode(model):
         state, pending, total = ctx.state_for(model, 1), np.array([ctx.pending], dtype=np.int64), ctx.bytes_read
 
@@ -540,7 +702,10 @@ def read_context(
                 push(sep)
             reader = TokenReader(source, codec, chunk_bytes, errors)
             for chunk in reader:
-                push(chunk)
+                for at in range(0, len(chunk), window):  # a window at a time, to report progress after each
+                    push(chunk[at : at + window])
+                    counter.scored(chunk[at : at + window])
+            counter.finished(reader.bytes)
             total += reader.bytes
     return StreamContext(
         state=state, pending=int(pending[0]), bytes_read=total, inputs=list(ctx.inputs) + [s.name for s in sources]

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from om.context_cache import StreamContext
+from om.data.utf8 import complete_prefix
 from om.errors import OmUserError
 from om.evaluate import default_window, feed
 
@@ -43,7 +44,7 @@ GREEDY_BELOW = 1e-4
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """Sampling flags; `validate()` raises `OmUserError` naming the flag and value."""
+    """Sampling options; `validate()` raises `OmUserError` naming the option and value (keyed by it)."""
 
     max_bytes: int = 256
     temperature: float = 1.0
@@ -55,18 +56,18 @@ class SamplingOptions:
     def validate(self) -> "SamplingOptions":
         t = self.temperature
         if not isinstance(t, (int, float)) or not math.isfinite(t) or not 0 <= t <= MAX_TEMPERATURE:
-            raise OmUserError(f"--temperature {t}: must be a number from 0 (greedy) to {MAX_TEMPERATURE:g}")
+            raise OmUserError(f"temperature {t}: must be a number from 0 (greedy) to {MAX_TEMPERATURE:g}", key="temperature")
         if not 0 <= self.top_k <= MAX_TOP_K:
-            raise OmUserError(f"--top-k {self.top_k}: must be from 0 (off) to {MAX_TOP_K}")
+            raise OmUserError(f"top_k {self.top_k}: must be from 0 (off) to {MAX_TOP_K}", key="top_k")
         p = self.top_p
         if not isinstance(p, (int, float)) or not math.isfinite(p) or not 0 < p <= 1:
-            raise OmUserError(f"--top-p {p}: must be in (0, 1] (1 = off)")
+            raise OmUserError(f"top_p {p}: must be in (0, 1] (1 = off)", key="top_p")
         if not 0 <= self.max_bytes <= MAX_BYTES:
-            raise OmUserError(f"--max-bytes {self.max_bytes}: must be from 0 to {MAX_BYTES}")
+            raise OmUserError(f"max_bytes {self.max_bytes}: must be from 0 to {MAX_BYTES}", key="max_bytes")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
-            raise OmUserError(f"--seed {self.seed}: must be from 0 to 2^63-1")
+            raise OmUserError(f"seed {self.seed}: must be from 0 to 2^63-1", key="seed")
         if self.stop is not None and len(self.stop) == 0:
-            raise OmUserError("--stop: must not be empty")
+            raise OmUserError("stop: must not be empty", key="stop")
         return self
 
 
@@ -85,16 +86,6 @@ def next_token(logits: torch.Tensor, options: SamplingOptions, generator: torch.
         sorted_probs = sorted_probs.masked_fill(before >= options.top_p, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def _incomplete_utf8_tail(data: bytes) -> int:
-    """How many trailing bytes of `data` are an unfinished UTF-8 sequence (0 to 3)."""
-    for back in range(1, min(4, len(data)) + 1):
-        b = data[-back]
-        if b & 0xC0 != 0x80:  # a lead byte (or ASCII)
-            need = 2 if b & 0xE0 == 0xC0 else 3 if b & 0xF0 == 0xE0 else 4 if b & 0xF8 == 0xF0 else 1
-            return back if need > back else 0
-    return 0
 
 
 class TokenDecoder:
@@ -116,8 +107,8 @@ class TokenDecoder:
         if not self.utf8:
             return out
         out = self.held + out
-        keep = _incomplete_utf8_tail(out)
-        out, self.held = (out[: len(out) - keep], out[len(out) - keep :]) if keep else (out, b"")
+        cut = complete_prefix(out)
+        out, self.held = out[:cut], out[cut:]
         return _valid_utf8(out)
 
     def flush(self) -> bytes:

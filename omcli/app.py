@@ -12,6 +12,13 @@ except ImportError:  # pragma: no cover
     from click import UsageError
 
 from om import __version__
+from omcli import cache as _cache
+from omcli import eval as _eval
+from omcli import plot as _plot
+from omcli import prepare as _prepare
+from omcli import sample as _sample
+from omcli import train as _train
+from omcli.common import OmCommand
 
 app = typer.Typer(
     name="om",
@@ -37,12 +44,17 @@ def _root(
     """Om: tokenizer-free byte-level language modeling with Attentive Recurrent Cells."""
 
 
-# Subcommand registration (one line per command module).
-from omcli import prepare as _prepare; app.command("prepare")(_prepare.prepare)  # noqa: E402,E702
-from omcli import eval as _eval; app.command("eval")(_eval.eval_command)  # noqa: E402,E702
-from omcli import sample as _sample; app.command("sample")(_sample.sample_command)  # noqa: E402,E702
-from omcli import cache as _cache; app.command("cache")(_cache.cache_command)  # noqa: E402,E702
-from omcli import train as _train; app.command("train")(_train.train)  # noqa: E402,E702
+# Subcommands, in the order `om --help` lists them. Their modules import torch, numpy and the model
+# only inside the command functions, so `om --help` and usage errors stay fast.
+for _name, _command in [
+    ("prepare", _prepare.prepare),
+    ("eval", _eval.eval_command),
+    ("sample", _sample.sample_command),
+    ("cache", _cache.cache_command),
+    ("train", _train.train),
+    ("plot", _plot.plot_command),
+]:
+    app.command(_name, cls=OmCommand)(_command)
 
 
 def main() -> None:

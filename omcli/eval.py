@@ -9,12 +9,28 @@ from typing import List, Optional
 
 import typer
 
-from omcli.common import user_errors
+from omcli.common import ByteProgress, ErrorsChoice, errors_option, progress_option, set_threads, threads_option, user_errors
 
 CKPT_HELP = "Checkpoint folder, or a run folder (its latest checkpoint)."
-CACHE_HELP = "Start from the stream saved by `om cache` (made by the same checkpoint)."
-ERRORS_HELP = "Invalid UTF-8 for a chars/SentencePiece model: strict (error naming the offset) or replace (U+FFFD)."
+CACHE_HELP = "Start from the stream saved by `om cache` (made by the same checkpoint); - reads it from stdin."
 DEVICE_HELP = "Torch device: auto (cuda if available), cpu, cuda, cuda:1, ..."
+
+
+def read_context_cache(path: Optional[Path], ckpt, stdin_taken: bool = False):
+    """The `--context-cache` of a command: None, a file, or `-` (the cache file's bytes on stdin)."""
+    from om.context_cache import load_context, load_context_bytes
+    from om.errors import OmUserError
+
+    if path is None:
+        return None
+    if str(path) != "-":
+        return load_context(path, ckpt.fingerprint, ckpt.codec)
+    if stdin_taken:
+        raise OmUserError("--context-cache - and INPUT -: stdin can be read only once")
+    stdin = sys.stdin.buffer if sys.stdin is not None else None
+    if stdin is None or stdin.isatty():
+        raise OmUserError("--context-cache -: stdin is a terminal; pipe a cache file in (`< FILE`)")
+    return load_context_bytes(stdin.read(), "<stdin>", ckpt.fingerprint, ckpt.codec)
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -50,10 +66,20 @@ def _print_table(report: dict) -> None:
         ("byte ppl", "byte_perplexity", 2),
         ("bits/tok", "bits_per_token", 4),
         ("tok ppl", "token_perplexity", 2),
+        ("words", "words", 0),
+        ("word ppl", "word_perplexity", 2),
     ]
 
+    def cell(row: dict, key: str, digits: int) -> str:
+        if key == "name":
+            return str(row.get(key, "total"))
+        value = row.get(key)
+        if key == "word_perplexity" and value is not None and value >= 1e6:
+            return f"{value:.3g}"  # an untrained model's word perplexity would widen the table by 20 columns
+        return _fmt(value, digits)
+
     def cells(row: dict) -> list[str]:
-        return [str(row.get(key, "total")) if key == "name" else _fmt(row.get(key), digits) for _, key, digits in columns]
+        return [cell(row, key, digits) for _, key, digits in columns]
 
     for (title, key, _), footer in zip(columns, cells(total)):
         table.add_column(title, footer=footer, justify="left" if key == "name" else "right", overflow="fold")
@@ -69,7 +95,7 @@ def _print_table(report: dict) -> None:
         console.print(seg)
     console.print(
         f"nll {_fmt(report['nll_nats'], 2)} nats, {_fmt(report['seconds'], 2)} s, "
-        f"{_fmt(report['bytes_per_second'], 0)} bytes/s, peak RSS {_fmt(report['peak_rss_mb'], 1)} MB"
+        f"{_fmt(report['bytes_per_second'], 0)} bytes/s, {report['threads']} thread(s), peak RSS {_fmt(report['peak_rss_mb'], 1)} MB"
     )
 
 
@@ -77,30 +103,48 @@ def _print_table(report: dict) -> None:
 def eval_command(
     checkpoint: str = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
     inputs: Optional[List[str]] = typer.Argument(
-        None, metavar="[INPUT]...", help="Files, folders or - (stdin), one stream each; default: the validation split of the checkpoint's dataset."
+        None,
+        metavar="INPUT...",
+        help="Files, folders or - (stdin), one stream each; default: the validation split of the checkpoint's dataset.",
     ),
     bytes_headline: bool = typer.Option(False, "--bytes", help="Make bits per byte the headline for every codec."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     batch_size: int = typer.Option(8, "--batch-size", help="Inputs evaluated side by side."),
     by_position: bool = typer.Option(False, "--by-position", help="Also report bits per byte by segment index."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="With --by-position: also draw bits/byte by position into this PNG."),
     context_cache: Optional[Path] = typer.Option(None, "--context-cache", help=CACHE_HELP),
-    errors: str = typer.Option("strict", "--errors", help=ERRORS_HELP),
+    errors: ErrorsChoice = errors_option(),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    threads: Optional[int] = threads_option("eval"),
+    progress: Optional[bool] = progress_option(),
+    val_tokens: Optional[int] = typer.Option(
+        None, "--val-tokens", min=1, help="Without INPUT: score only the first N ids of the validation split (as training logs it)."
+    ),
+    val_streams: int = typer.Option(
+        1, "--val-streams", min=1, help="Without INPUT: cut the validation ids into this many contiguous streams."
+    ),
 ) -> None:
     """Score inputs with a checkpoint: bits per byte, perplexities, speed and peak memory."""
     from om.checkpoint import load_checkpoint
-    from om.context_cache import load_context
     from om.device import resolve_device
-    from om.evaluate import check_batch_size, check_errors, evaluate, validation_inputs
+    from om.errors import OmUserError
+    from om.evaluate import check_batch_size, evaluate, validation_inputs
 
     check_batch_size(batch_size)
-    check_errors(errors)
-    ckpt = load_checkpoint(checkpoint, device=resolve_device(device, "--device"))
-    context = load_context(context_cache, ckpt.fingerprint, ckpt.codec) if context_cache is not None else None
-    sources = list(inputs) if inputs else validation_inputs(ckpt)
-    result = evaluate(
-        ckpt.model, ckpt.codec, sources, batch_size=batch_size, context=context, by_position=by_position, errors=errors
-    )
+    errors = ErrorsChoice(errors).value
+    used_threads = set_threads(threads, "eval")
+    ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
+    context = read_context_cache(context_cache, ckpt, stdin_taken="-" in (inputs or ()))
+    if plot is not None and not by_position:
+        raise OmUserError("--plot draws the --by-position report; add --by-position")
+    if inputs and (val_tokens is not None or val_streams != 1):
+        raise OmUserError("--val-tokens and --val-streams choose a slice of the validation split; they take no INPUT")
+    sources = list(inputs) if inputs else validation_inputs(ckpt, val_tokens, val_streams)
+    with ByteProgress("eval", progress) as shown:
+        result = evaluate(
+            ckpt.model, ckpt.codec, sources, batch_size=batch_size, context=context, by_position=by_position, errors=errors,
+            progress=shown,
+        )
     report = result.to_dict()
     headline = "bits_per_byte" if bytes_headline or ckpt.codec.name == "bytes" else "bits_per_token"
     report = {
@@ -111,7 +155,12 @@ def eval_command(
         "context_cache": str(context_cache) if context_cache is not None else None,
         "segment_len": ckpt.config.segment_len,
         "batch_size": batch_size,
+        "threads": used_threads,
     }
+    if plot is not None:
+        from om.plot import plot_by_position
+
+        plot_by_position(report["by_position"], ckpt.config.segment_len, plot, title=f"{ckpt.path}: bits/byte by position")
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         sys.stdout.flush()

@@ -12,18 +12,13 @@ from typing import List, Optional
 import typer
 
 from om.errors import printable
-from omcli.common import stderr, user_errors
+from omcli.common import ErrorsChoice, errors_option, stderr, user_errors
 
 
 class CodecChoice(str, Enum):
     bytes = "bytes"
     chars = "chars"
     sentencepiece = "sentencepiece"
-
-
-class ErrorsChoice(str, Enum):
-    strict = "strict"
-    replace = "replace"
 
 
 class ModelTypeChoice(str, Enum):
@@ -59,9 +54,7 @@ def prepare(
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of the bytes for validation, in [0, 1)."),
     include: Optional[List[str]] = typer.Option(None, "--include", help="Only files in folders matching this glob (repeatable)."),
     exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Skip files and folders matching this glob (repeatable)."),
-    errors: ErrorsChoice = typer.Option(
-        ErrorsChoice.strict, "--errors", help="Invalid UTF-8 (chars, sentencepiece): strict = error, replace = U+FFFD."
-    ),
+    errors: ErrorsChoice = errors_option(),
     sp_model_type: ModelTypeChoice = typer.Option(ModelTypeChoice.unigram, "--sp-model-type", help="SentencePiece model."),
     force: bool = typer.Option(False, "--force", help="Replace an existing non-empty output folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary table."),

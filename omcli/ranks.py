@@ -15,7 +15,6 @@ from typing import Callable, TypeVar
 import typer
 
 from om.errors import OmRunError, OmUserError
-from om.train.distributed import env_rank, env_world_size
 
 F = TypeVar("F", bound=Callable)
 
@@ -51,6 +50,8 @@ def rank_failures(command: str) -> Callable[[F], F]:
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
         def inner(*args, **kwargs):
+            from om.train.distributed import env_rank, env_world_size  # imports torch: not at `om --help`
+
             if env_world_size() <= 1:
                 return fn(*args, **kwargs)
             try:

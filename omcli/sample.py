@@ -10,11 +10,11 @@ from typing import Optional
 
 import typer
 
-from omcli.common import silence_stdout, stderr, user_errors
-from omcli.eval import CACHE_HELP, CKPT_HELP, DEVICE_HELP, ERRORS_HELP
+from omcli.common import ErrorsChoice, errors_option, set_threads, silence_stdout, stderr, threads_option, user_errors
+from omcli.eval import CACHE_HELP, CKPT_HELP, DEVICE_HELP, read_context_cache
 
 
-def _read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> bytes:
+def _read_prompt(prompt: Optional[str], prompt_file: Optional[Path], stdin_taken: bool = False) -> bytes:
     from om.errors import OmUserError
 
     if prompt is not None and prompt_file is not None:
@@ -27,8 +27,8 @@ def _read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> bytes:
             raise OmUserError(f"{prompt_file}: {what}")
         return prompt_file.read_bytes()
     stdin = sys.stdin
-    if stdin is None or stdin.isatty():
-        return b""  # nothing piped in: an empty prompt rather than waiting on the terminal
+    if stdin_taken or stdin is None or stdin.isatty():
+        return b""  # nothing piped in (or stdin holds the --context-cache): an empty prompt rather than waiting on the terminal
     return stdin.buffer.read()
 
 
@@ -44,22 +44,23 @@ def sample_command(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (same seed, same output); default: random."),
     stop: Optional[str] = typer.Option(None, "--stop", help="End when the output contains this text (it is not printed)."),
     context_cache: Optional[Path] = typer.Option(None, "--context-cache", help=CACHE_HELP),
-    errors: str = typer.Option("strict", "--errors", help=ERRORS_HELP),
+    errors: ErrorsChoice = errors_option(),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    threads: Optional[int] = threads_option("sample"),
 ) -> None:
     """Generate a continuation of the prompt; raw bytes on stdout, flushed as they are produced."""
     from om.checkpoint import load_checkpoint
-    from om.context_cache import load_context
     from om.device import resolve_device
-    from om.evaluate import check_errors
     from om.sampling import SamplingOptions, generate
 
     stop_bytes = os.fsencode(stop) if stop is not None else None
     SamplingOptions(max_bytes, temperature, top_k, top_p, seed, stop_bytes).validate()
-    check_errors(errors)
-    prompt_bytes = _read_prompt(prompt, prompt_file)
-    ckpt = load_checkpoint(checkpoint, device=resolve_device(device, "--device"))
-    context = load_context(context_cache, ckpt.fingerprint, ckpt.codec) if context_cache is not None else None
+    errors = ErrorsChoice(errors).value
+    used_threads = set_threads(threads, "sample")
+    cache_on_stdin = context_cache is not None and str(context_cache) == "-"
+    prompt_bytes = _read_prompt(prompt, prompt_file, stdin_taken=cache_on_stdin)
+    ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
+    context = read_context_cache(context_cache, ckpt)
     pieces = generate(
         ckpt.model, ckpt.codec, prompt_bytes, max_bytes, temperature, top_k, top_p, seed, stop_bytes, context, errors
     )
@@ -75,7 +76,8 @@ def sample_command(
         return
     seconds = time.perf_counter() - t0
     stderr.print(
-        f"om sample: {written:,} bytes in {seconds:.2f} s ({written / seconds if seconds > 0 else 0:,.0f} bytes/s)",
+        f"om sample: {written:,} bytes in {seconds:.2f} s ({written / seconds if seconds > 0 else 0:,.0f} bytes/s, "
+        f"{used_threads} thread{'s' if used_threads != 1 else ''})",
         markup=False,
         highlight=False,
     )

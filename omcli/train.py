@@ -22,7 +22,11 @@ def _print_plan(plan: dict, as_json: bool) -> None:
         return
     m, d, mem = plan["model"], plan["data"], plan["memory"]
     if plan["resume_from"]:
-        run = f"{plan['run_dir']} (resumes from {plan['resume_from']})"
+        resume = plan["resume"]
+        run = f"{plan['run_dir']} (resumes from {plan['resume_from']} at step {resume['step']}"
+        if resume["complete"]:
+            run += f"; already complete: {resume['complete']} reached, nothing to train"
+        run += ")"
     else:
         run = f"{plan['run_dir']} ({'exists; a fresh run' if plan['run_dir_exists'] else 'new'})"
     counts = f"{d['train_tokens']:,} train and {d['val_tokens']:,} val tokens" if d["train_tokens"] is not None else "not prepared yet"
@@ -43,6 +47,7 @@ def _print_plan(plan: dict, as_json: bool) -> None:
         ("stop", stop),
         ("memory", f"about {format_bytes(mem['total'])} ({parts}); {free} available"),
     ]
+    rows += [("note", note) for note in plan["resume"]["notes"]]
     for name, value in rows:
         print(f"{name:<12} {value}")
 
@@ -50,18 +55,32 @@ def _print_plan(plan: dict, as_json: bool) -> None:
 @user_errors("train")
 @rank_failures("train")
 def train(
-    recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML file (see recipes/ and docs/train.md); default: the built-in quickstart recipe."),
+    recipe: Optional[Path] = typer.Argument(
+        None, help="Recipe YAML file (see recipes/ and docs/train.md); default: the built-in quickstart recipe."
+    ),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe key, e.g. --set train.lr=3e-4 (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: the recipe's out.dir)."),
-    resume: str = typer.Option("auto", "--resume", help="auto: continue the run folder's latest checkpoint if any; never; or a checkpoint/run PATH."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Show the progress bar (default: the recipe's out.progress)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and resolve everything, print the plan on stdout, train nothing, write nothing."),
+    resume: str = typer.Option(
+        "auto",
+        "--resume",
+        help="auto: continue the run folder's checkpoint if it was trained with this recipe (stop rules, logging and "
+        "the like may differ), refuse another recipe; never: a fresh run; or a checkpoint/run PATH to continue with any changes.",
+    ),
+    progress: Optional[bool] = typer.Option(
+        None, "--progress/--no-progress", help="Show progress on stderr (default: the recipe's out.progress)."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Validate and resolve everything, print the plan on stdout, train nothing, write nothing."
+    ),
     as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the plan as one JSON object."),
 ) -> None:
     """Train from a recipe; the final checkpoint path is printed on stdout."""
+    from om.errors import OmUserError
     from om.train import Trainer, load_recipe
     from om.train.sample import sample_text
 
+    if as_json and not dry_run:
+        raise OmUserError("--json works only with --dry-run (it prints the plan); a run prints its checkpoint path on stdout")
     r = load_recipe(recipe, set_ or [])
     run_dir = out if out is not None else Path(r.out.dir)
     if out is not None:
@@ -83,7 +102,7 @@ def train(
         name = signal.Signals(result.interrupted).name
         stderr.print(f"stopped by {name} at step {result.step}; checkpoint saved; resume with --resume auto", markup=False, soft_wrap=True)
         raise typer.Exit(code=result.exit_code)
-    if not main:
+    if not main or result.already_complete:  # the trainer said why nothing was trained
         return
     summary = f"done: step {result.step}, {result.bytes_per_s:,.0f} bytes/s"
     if result.val:
@@ -93,7 +112,8 @@ def train(
     stderr.print(summary, markup=False, highlight=False, soft_wrap=True)
     if r.out.sample_bytes:
         try:
-            text = sample_text(trainer.model, trainer.codec, r.out.sample_prompt, r.out.sample_bytes, r.out.sample_temperature, r.train.seed)
+            o = r.out
+            text = sample_text(trainer.model, trainer.codec, o.sample_prompt, o.sample_bytes, o.sample_temperature, r.train.seed)
         except KeyboardInterrupt:
             raise typer.Exit(code=130) from None
         stderr.print("sample:\n" + r.out.sample_prompt + text, markup=False, highlight=False, soft_wrap=True)

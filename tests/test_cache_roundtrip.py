@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from om.context_cache import StreamContext, load_context, read_header, save_context
 from om.errors import OmUserError
@@ -41,7 +45,8 @@ def test_sample_after_cache_equals_sample_after_prefix(ckpt, tmp_path):
         assert len(after_cache.stdout_bytes) > 0
     # An empty prompt after the cache continues right after the prefix.
     empty = run_cli(["sample", path, "--max-bytes", "20", "--temperature", "0", "--context-cache", cache])
-    assert empty.stdout_bytes == run_cli(["sample", path, "--max-bytes", "20", "--temperature", "0", "--prompt", PREFIX.decode()]).stdout_bytes
+    fed = run_cli(["sample", path, "--max-bytes", "20", "--temperature", "0", "--prompt", PREFIX.decode()])
+    assert empty.stdout_bytes == fed.stdout_bytes
 
 
 def test_eval_after_cache_scores_the_continuation(ckpt, tmp_path):
@@ -153,3 +158,65 @@ def test_cache_errors(ckpt, tmp_path):
     assert_one_line_error(run_cli(["cache", tmp_path / "nockpt", tmp_path / "p.txt", "-o", tmp_path / "c.st"]), "cache", "nockpt")
     with pytest.raises(OmUserError):
         load_context(tmp_path / "p.txt", "x", bytes_codec())
+
+
+def om_process(*args, **kwargs) -> subprocess.CompletedProcess:
+    """`om ARGS` as its own process (the real entry point), OMP_NUM_THREADS=1 like the tests' torch."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "omcli.app", *map(str, args)], env=env, timeout=300, **kwargs)
+
+
+def test_cache_to_stdout_equals_cache_to_file(ckpt, tmp_path):
+    path, _, codec = ckpt
+    (tmp_path / "in.txt").write_bytes(PREFIX)
+    to_file = om_process("cache", path, "in.txt", "-o", "ctx.st", cwd=tmp_path, capture_output=True)
+    assert to_file.returncode == 0 and to_file.stdout.decode().strip() == "ctx.st", to_file.stderr
+    with open(tmp_path / "piped.st", "wb") as out:  # om cache CKPT in.txt -o - > piped.st
+        piped = om_process("cache", path, "in.txt", "-o", "-", cwd=tmp_path, stdout=out, stderr=subprocess.PIPE)
+    assert piped.returncode == 0, piped.stderr
+    assert not (tmp_path / "-").exists()
+    assert "om cache: wrote <stdout>:" in piped.stderr.decode()
+    # The same file (safetensors orders the metadata keys differently from one process to the next).
+    assert read_header(tmp_path / "piped.st") == read_header(tmp_path / "ctx.st")
+    a, b = load_file(tmp_path / "piped.st"), load_file(tmp_path / "ctx.st")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_context(tmp_path / "piped.st", read_header(tmp_path / "ctx.st")["checkpoint"], codec).offset == len(PREFIX)
+
+
+def test_cache_from_stdin(ckpt, tmp_path):
+    path, _, _ = ckpt
+    (tmp_path / "p.txt").write_bytes(PREFIX)
+    (tmp_path / "more.txt").write_bytes(MORE)
+    made = run_cli(["cache", path, tmp_path / "p.txt", "-o", "-"])
+    assert made.exit_code == 0 and made.stdout_bytes[:8] != b"" and "<stdout>" in made.stderr
+    data = made.stdout_bytes
+    (tmp_path / "c.st").write_bytes(data)
+    sample = ["sample", path, "--max-bytes", "24", "--temperature", "0", "--prompt", "Q:"]
+    from_stdin = run_cli([*sample, "--context-cache", "-"], input=data)
+    assert from_stdin.exit_code == 0, from_stdin.stderr
+    assert from_stdin.stdout_bytes == run_cli([*sample, "--context-cache", tmp_path / "c.st"]).stdout_bytes
+    scored = [run_cli(["eval", path, tmp_path / "more.txt", "--json", "--context-cache", cache], input=data)
+              for cache in ("-", tmp_path / "c.st")]
+    assert json.loads(scored[0].stdout)["nll_nats"] == json.loads(scored[1].stdout)["nll_nats"]
+    assert_one_line_error(run_cli(["eval", path, "-", "--context-cache", "-"], input=data), "eval", "stdin can be read only once")
+    assert_one_line_error(run_cli([*sample, "--context-cache", "-"], input=b"junk"), "sample", "<stdin>", "not a context cache")
+
+
+def test_cache_to_a_terminal_is_refused(ckpt, tmp_path):
+    path, _, _ = ckpt
+    (tmp_path / "p.txt").write_bytes(PREFIX)
+    leader, follower = os.openpty()
+    try:
+        result = om_process("cache", path, tmp_path / "p.txt", "-o", "-", stdout=follower, stderr=subprocess.PIPE)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert result.returncode == 2 and b"stdout is a terminal" in result.stderr, result.stderr
+
+
+def test_cache_threads_flag(ckpt, tmp_path):
+    path, _, _ = ckpt
+    (tmp_path / "p.txt").write_bytes(PREFIX)
+    assert run_cli(["cache", path, tmp_path / "p.txt", "-o", tmp_path / "c.st", "--threads", "2"]).exit_code == 0
+    assert torch.get_num_threads() == 2  # the one_thread fixture puts it back
+    assert_one_line_error(run_cli(["cache", path, tmp_path / "p.txt", "-o", tmp_path / "c.st", "--threads", "0"]), "cache", "--threads 0")

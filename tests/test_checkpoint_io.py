@@ -12,7 +12,6 @@ from om.checkpoint import (
     load_checkpoint,
     load_extra_tensors,
     load_optimizer_state,
-    prune_checkpoints,
     resolve_checkpoint,
     save_checkpoint,
     step_dir_name,
@@ -20,11 +19,14 @@ from om.checkpoint import (
 )
 from om.data import BytesCodec
 from om.errors import OmRunError, OmUserError
+from om.train.run_folder import RunFolder
 
 
 def _tiny(tie: bool = True):
     torch.manual_seed(0)
-    config = OmConfig(vocab_size=257, dim=32, n_layers=1, n_heads=2, dims_key=[8], dims_value=[8], segment_len=8, state_len=4, tie_embeddings=tie)
+    config = OmConfig(
+        vocab_size=257, dim=32, n_layers=1, n_heads=2, dims_key=[8], dims_value=[8], segment_len=8, state_len=4, tie_embeddings=tie
+    )
     model = OmLLM(config)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(0, 256, (2, 16))
@@ -35,7 +37,8 @@ def _tiny(tie: bool = True):
 
 def _save(folder, tie: bool = True, **kwargs):
     config, model, opt = _tiny(tie)
-    path = save_checkpoint(folder, model, config, BytesCodec(), {"step": 7}, optimizer=opt, dataset={"path": "/d", "fingerprint": "f" * 64}, **kwargs)
+    dataset = {"path": "/d", "fingerprint": "f" * 64}
+    path = save_checkpoint(folder, model, config, BytesCodec(), {"step": 7}, optimizer=opt, dataset=dataset, **kwargs)
     return path, model, opt
 
 
@@ -89,7 +92,7 @@ def test_prune_keeps_last_k(tmp_path):
     ckdir = tmp_path / "checkpoints"
     for step in range(1, 5):
         _save(ckdir / step_dir_name(step))
-    prune_checkpoints(ckdir, 2)
+    RunFolder(tmp_path).prune(2)
     assert sorted(p.name for p in ckdir.iterdir()) == [step_dir_name(3), step_dir_name(4)]
 
 

@@ -14,6 +14,7 @@ import pytest
 
 import om.data.sources as sources_module
 from om.data import open_dataset, prepare_dataset
+from om.data.bytesplit import BytesSplit
 from om.errors import OmUserError
 
 TEXT = "line one\n  indented  two\ttab\nünïcödé ☃ 日本 😀\n\n"
@@ -50,11 +51,13 @@ def test_prepare_writes_a_complete_dataset(tmp_path, codec):
     ds = open_dataset(out)
     assert ds.meta == meta == json.loads((out / "meta.json").read_text())
     assert ds.fingerprint == hashlib.sha256((out / "meta.json").read_bytes()).hexdigest()
-    assert sorted(p.name for p in out.iterdir()) == sorted(["train.bin", "val.bin", "meta.json", *meta["codec_files"]])
+    boundaries = ["train.docs", "val.docs"] if codec == "bytes" else []
+    assert sorted(p.name for p in out.iterdir()) == sorted(["train.bin", "val.bin", "meta.json", *boundaries, *meta["codec_files"]])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
-    assert meta["format_version"] == 1 and meta["codec"] == codec and ds.codec.name == codec
+    assert meta["format_version"] == 2 and meta["codec"] == codec and ds.codec.name == codec
     assert meta["vocab_size"] == ds.codec.vocab_size and meta["special_ids"] == ds.codec.special_ids
-    assert meta["dtype"] == ds.codec.dtype.name
+    assert meta["layout"] == ("bytes" if codec == "bytes" else "ids")
+    assert meta["dtype"] == ("uint8" if codec == "bytes" else ds.codec.dtype.name)
     # Sources: sorted walk, hidden entries skipped, sizes and hashes of the files.
     files = sorted(p for p in corpus.rglob("*.txt") if not p.name.startswith("."))
     assert [s["path"] for s in meta["sources"]] == [str(p) for p in files]
@@ -67,9 +70,15 @@ def test_prepare_writes_a_complete_dataset(tmp_path, codec):
     assert 0.05 <= val_bytes / meta["input_bytes"] <= 0.15
     for name in ("train", "val"):
         array = ds.split(name)
-        assert isinstance(array, np.memmap) and array.dtype == ds.codec.dtype and array.ndim == 1
+        assert isinstance(array, BytesSplit if codec == "bytes" else np.memmap)
+        assert array.dtype == ds.codec.dtype and array.ndim == 1
         assert len(array) == ds.num_tokens(name) == meta["splits"][name]["tokens"]
-        assert (out / f"{name}.bin").stat().st_size == len(array) * array.dtype.itemsize
+        if codec == "bytes":  # one byte per byte, 8 per document boundary
+            info = meta["splits"][name]
+            assert (out / f"{name}.bin").stat().st_size == ds.num_bytes(name) == len(array) - info["separators"]
+            assert (out / f"{name}.docs").stat().st_size == 8 * info["separators"] == 8 * (info["documents"] - 1)
+        else:
+            assert (out / f"{name}.bin").stat().st_size == len(array) * array.dtype.itemsize
         assert ds.num_bytes(name) == ds.codec.byte_count(array)
         expected = [p.read_bytes() for s, p in zip(meta["sources"], files) if s["split"] == name]
         assert _documents(ds, name) == expected
@@ -132,7 +141,8 @@ def test_small_folder_falls_back_to_tail_and_zero_fraction(tmp_path):
     meta = prepare_dataset([tmp_path / "c"], tmp_path / "ds0", val_fraction=0)
     ds = open_dataset(tmp_path / "ds0")
     assert meta["split"]["method"] == "none"
-    assert ds.num_tokens("val") == 0 and len(ds.split("val")) == 0 and not ds.split("val").flags.writeable
+    assert ds.num_tokens("val") == 0 and len(ds.split("val")) == 0 and ds.split("val")[:].tolist() == []
+    assert (tmp_path / "ds0/val.bin").stat().st_size == (tmp_path / "ds0/val.docs").stat().st_size == 0
     assert ds.codec.decode(ds.split("train")) == b"x" * 100 + b"y" * 100
 
 
@@ -253,24 +263,26 @@ def test_progress_callback(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"val_fraction": 1.0}, r"--val-fraction 1\.0 is not in \[0, 1\)"),
-        ({"val_fraction": -0.1}, r"--val-fraction -0\.1 is not in \[0, 1\)"),
-        ({"val_fraction": float("nan")}, r"--val-fraction nan is not in \[0, 1\)"),
-        ({"val_fraction": "lots"}, r"--val-fraction 'lots' is not a number"),
-        ({"codec": "words"}, r"--codec 'words' is not one of"),
-        ({"errors": "ignore"}, r"--errors 'ignore' is not one of"),
-        ({"vocab_size": 200}, r"--vocab-size 200 is too small for the bytes codec"),
-        ({"codec": "chars", "vocab_size": 5}, r"--vocab-size 5 is too small for the chars codec"),
-        ({"codec": "sentencepiece", "vocab_size": 200}, r"--vocab-size 200 is too small for the sentencepiece codec"),
-        ({"codec": "sentencepiece", "sp_model_type": "word"}, r"--sp-model-type 'word' is not one of"),
-        ({"vocab_size": "many"}, r"--vocab-size 'many' is not an integer"),
-        ({"vocab_size": 300.5}, r"--vocab-size 300\.5 is not an integer"),
+        ({"val_fraction": 1.0}, r"^val_fraction 1\.0 is not in \[0, 1\)"),
+        ({"val_fraction": -0.1}, r"^val_fraction -0\.1 is not in \[0, 1\)"),
+        ({"val_fraction": float("nan")}, r"^val_fraction nan is not in \[0, 1\)"),
+        ({"val_fraction": "lots"}, r"^val_fraction 'lots' is not a number"),
+        ({"codec": "words"}, r"^codec 'words' is not one of"),
+        ({"errors": "ignore"}, r"^errors 'ignore' is not one of"),
+        ({"vocab_size": 200}, r"^vocab_size 200 is too small for the bytes codec"),
+        ({"codec": "chars", "vocab_size": 5}, r"^vocab_size 5 is too small for the chars codec"),
+        ({"codec": "sentencepiece", "vocab_size": 200}, r"^vocab_size 200 is too small for the sentencepiece codec"),
+        ({"codec": "sentencepiece", "sp_model_type": "word"}, r"^sp_model_type 'word' is not one of"),
+        ({"vocab_size": "many"}, r"^vocab_size 'many' is not an integer"),
+        ({"vocab_size": 300.5}, r"^vocab_size 300\.5 is not an integer"),
     ],
 )
 def test_bad_options(tmp_path, kwargs, message):
+    """A library call's error names the argument as the caller wrote it, and carries it as its key."""
     (tmp_path / "a.txt").write_bytes(b"some text")
-    with pytest.raises(OmUserError, match=message):
+    with pytest.raises(OmUserError, match=message) as info:
         prepare_dataset([tmp_path / "a.txt"], tmp_path / "ds", **kwargs)
+    assert info.value.keys == (message[1:].split(" ")[0],) and "--" not in str(info.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
 
 
@@ -287,9 +299,9 @@ def test_bad_inputs(tmp_path, monkeypatch):
         (["-"], {"stdin": io.BytesIO(b"")}, r"^no input bytes: every input is empty \(-\)$"),
         (["-"], {"stdin": io.BytesIO(b""), "codec": "chars"}, r"^no input bytes"),
         ([tmp_path / "only_hidden"], {}, rf"^{tmp_path}/only_hidden: no file in this folder$"),
-        ([tmp_path / "py"], {"include": ["*.txt"]}, r"py: no file in this folder matches --include \*\.txt$"),
+        ([tmp_path / "py"], {"include": ["*.txt"]}, r"py: no file in this folder matches include \*\.txt$"),
         (["-", "-"], {}, r"stdin \('-'\) is given more than once"),
-        ([], {}, r"no INPUT given"),
+        ([], {}, r"^no inputs given"),
     ]
     for inputs, kwargs, message in cases:
         with pytest.raises(OmUserError, match=message):
@@ -334,8 +346,14 @@ def test_open_dataset_errors(tmp_path):
     with pytest.raises(OmUserError, match="split 'test' is not one of"):
         ds.split("test")
     (tmp_path / "ds/val.bin").write_bytes(b"\x00")
-    with pytest.raises(OmUserError, match=r"val\.bin: holds 1 bytes, meta\.json says 2 tokens"):
+    with pytest.raises(OmUserError, match=r"val\.bin: holds 1 bytes, meta\.json says 2 bytes \(2 tokens\)"):
         open_dataset(tmp_path / "ds").split("val")
+    (tmp_path / "ds/train.docs").write_bytes(b"\x00" * 8)
+    with pytest.raises(OmUserError, match=r"train\.docs: holds 8 bytes, meta\.json says 0 document boundaries"):
+        open_dataset(tmp_path / "ds").split("train")
+    (tmp_path / "ds/train.docs").unlink()
+    with pytest.raises(OmUserError, match=r"train\.docs: missing \(the train split's document boundaries\)"):
+        open_dataset(tmp_path / "ds").split("train")
     (tmp_path / "ds/train.bin").unlink()
     with pytest.raises(OmUserError, match=r"train\.bin: missing"):
         open_dataset(tmp_path / "ds").split("train")

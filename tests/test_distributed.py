@@ -83,7 +83,8 @@ def _max_loss_diff(a: list[dict], b: list[dict]) -> float:
 def test_two_processes_match_one_and_resume_in_one(tmp_path, dataset, train):
     steps, half = train["max_steps"], train["checkpoint_every"]
     two = tmp_path / "two"
-    proc = _torchrun(["train", str(TINY), "--out", str(two), "--no-progress"] + sum((["--set", s] for s in _sets(dataset, **train)), []), tmp_path)
+    sets = sum((["--set", s] for s in _sets(dataset, **train)), [])
+    proc = _torchrun(["train", str(TINY), "--out", str(two), "--no-progress"] + sets, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Only rank 0 prints the checkpoint path and writes the run folder (each step logged once).
     assert proc.stdout.split() == [str(two / "checkpoints" / f"step-{steps:07d}")]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ DATA = bytes(np.random.default_rng(1).integers(0, 256, 150, dtype=np.uint8))
 KEYS = {
     "headline", "bits_per_byte", "byte_perplexity", "bits_per_token", "token_perplexity", "nll_nats", "bytes",
     "tokens", "documents", "seconds", "bytes_per_second", "peak_rss_mb", "inputs", "checkpoint", "codec",
-    "context_cache", "segment_len", "batch_size",
+    "context_cache", "segment_len", "batch_size", "words", "word_perplexity", "threads",
 }
 
 
@@ -132,7 +134,11 @@ def test_errors(ckpt, tmp_path):
     assert_one_line_error(run_cli(["eval", tmp_path / "nowhere", f]), "nowhere")
     assert_one_line_error(run_cli(["eval", path, tmp_path / "missing.txt"]), "missing.txt")
     assert_one_line_error(run_cli(["eval", path, f, "--batch-size", "0"]), "--batch-size 0")
-    assert_one_line_error(run_cli(["eval", path, f, "--errors", "ignore"]), "--errors")
+    # A value typer itself refuses is a usage error: one line from the real entry point (omcli.app.main).
+    bad = subprocess.run([sys.executable, "-m", "omcli.app", "eval", str(path), str(f), "--errors", "ignore"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--errors" in bad.stderr and "ignore" in bad.stderr, bad.stderr
+    assert_one_line_error(run_cli(["eval", path, f, "--threads", "0"]), "--threads 0: must be from 1 to")
     assert_one_line_error(run_cli(["eval", path]), "names no training dataset")
     assert_one_line_error(run_cli(["eval", path, f, "--context-cache", f]), "in.bin", "not a context cache")
     assert_one_line_error(run_cli(["eval", path, "-", "-"], input=b"x"), "more than once")
@@ -153,3 +159,21 @@ def test_chars_model_invalid_utf8(tmp_path):
     f.write_bytes(b"ok\xffno")
     assert_one_line_error(run_cli(["eval", path, f]), "bad.txt", "offset 2")
     assert run_cli(["eval", path, f, "--errors", "replace"]).exit_code == 0
+
+
+def test_threads_flag_sets_torch_threads(ckpt, tmp_path, monkeypatch):
+    import torch
+
+    path, _, _ = ckpt
+    f = tmp_path / "in.bin"
+    f.write_bytes(DATA)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    report = eval_json([path, f, "--threads", "2"])
+    assert report["threads"] == 2 and torch.get_num_threads() == 2
+    # Without --threads eval keeps torch's default (one thread per core, or OMP_NUM_THREADS): here what the test set.
+    torch.set_num_threads(1)
+    assert eval_json([path, f])["threads"] == 1
+    table = run_cli(["eval", path, f, "--threads", "2"])
+    assert table.exit_code == 0 and "2 thread(s)" in table.stdout
+    for bad in ("0", "-3", "100000"):
+        assert_one_line_error(run_cli(["eval", path, f, "--threads", bad]), f"--threads {bad}: must be from 1 to")

@@ -145,7 +145,7 @@ def test_result_dict_keys(byte_model):
 
 def test_bad_batch_size(byte_model):
     model, codec = byte_model
-    with pytest.raises(OmUserError, match="--batch-size 0"):
+    with pytest.raises(OmUserError, match="^batch_size 0: must be from 1"):
         evaluate(model, codec, [DATA], batch_size=0)
 
 
@@ -154,7 +154,7 @@ def test_missing_input_is_a_user_error(byte_model, tmp_path):
     with pytest.raises(OmUserError, match="nope.txt: no such file"):
         evaluate(model, codec, [tmp_path / "nope.txt"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(OmUserError, match="holds no files"):
+    with pytest.raises(OmUserError, match="empty: no file in this folder"):
         evaluate(model, codec, [tmp_path / "empty"])
 
 

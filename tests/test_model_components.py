@@ -1,4 +1,8 @@
-"""Invariants 4 (offset invariance), 6 (RoPE is not a no-op), 7 (eval determinism), and the parts."""
+"""Invariants 6 (RoPE and CoPE are not no-ops), 7 (eval determinism), every weight is live, and the parts.
+
+Invariant 4 (offset invariance) is checked by tests/test_arc_reference.py, which compares ARC at
+offsets 0, L, 5 and 10_000 with a reference that places rows at absolute stream positions.
+"""
 
 import json
 import math
@@ -9,7 +13,8 @@ from pydantic import ValidationError
 
 from om import ARC, ARCformer, CoPE, OmConfig, OmLLM, RoPEEmbeddings
 from om.model.attention import causal_attention, resolve_backend
-from tests.model_helpers import tiny_config, tiny_model
+from om.model.sizing import parameter_count
+from tests.model_helpers import run_chunks, tiny_config, tiny_model
 
 
 # -- RoPE -----------------------------------------------------------------------------------------
@@ -53,6 +58,38 @@ def test_rope_partial_rotation_leaves_the_rest_untouched():
     assert not torch.allclose(y[..., :8], x[..., :8])
 
 
+def test_rope_span_tables_stay_bounded_whatever_the_spans():
+    rope = RoPEEmbeddings(8, span=(-4, 12))
+    x = torch.randn(2, 3, 5, 8)
+    for dtype in (torch.float32, torch.float64):
+        for start in range(-30, 200, 7):  # inside and outside the initial span
+            for n in (1, 5):
+                expected = rope.apply(x[..., :n, :].to(dtype), torch.arange(start, start + n))
+                torch.testing.assert_close(rope.apply_span(x[..., :n, :].to(dtype), start), expected)
+    assert len(rope._tables) == 2  # one per dtype, widened when needed, never one per span
+
+
+def test_arc_keeps_one_rope_table_per_pass_over_any_offsets_and_splits():
+    model = tiny_model(seed=9, positional="rope+cope")
+    tokens = torch.randint(0, 61, (1, 5 * 8 + 3), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for cuts in ([], [1], [3, 11], list(range(1, 43, 3)), list(range(1, 43))):
+            run_chunks(model, tokens, cuts)
+        arc = model.layers[0].arc
+        x, state = torch.randn(1, 8, 32), torch.randn(1, 4, 32)
+        for offset in (0, 5, 10_000, 123_457):
+            arc(x, state, offset)
+            for cut in range(1, 8):
+                a = arc.extend(x[:, :cut], state, offset, cache=None, finish=False)
+                arc.extend(x[:, cut:], state, offset + cut, cache=a.cache, finish=True)
+    S, L = model.config.state_len, model.config.segment_len
+    for layer in model.layers:
+        for rope in layer.arc.rope:
+            assert len(rope._tables) == 1
+            first, cos, _ = next(iter(rope._tables.values()))
+            assert first == -S and cos.shape[0] == 2 * S + L  # read -S..-1 to write L..L+S-1
+
+
 # -- CoPE -----------------------------------------------------------------------------------------
 def test_cope_bias_ignores_future_keys():
     torch.manual_seed(0)
@@ -80,6 +117,31 @@ def test_cope_positions_count_keys_from_j_to_i():
     assert torch.allclose(bias[0, 0, 3], torch.tensor([4.0, 3.0, 2.0, 1.0]), atol=1e-4)
 
 
+def test_cope_gates_and_positions_stay_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    B, H, T, d = 2, 2, 96, 16
+    cope = CoPE(head_dim=d, max_positions=128, init_std=1.0)
+    project = torch.nn.Linear(32, 2 * H * d)
+    x = torch.randn(B, T, 32)
+    allowed = torch.ones(T, T).tril().bool()
+
+    def bias():
+        q, k = project(x).view(B, T, 2, H, d).permute(2, 0, 3, 1, 4)
+        logits = (q @ k.transpose(-1, -2)) * 0.25
+        return q, logits, cope(q, logits, allowed)
+
+    with torch.no_grad():
+        _, _, exact = bias()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            q16, logits16, mixed = bias()
+        same_inputs = cope(q16.float(), logits16.float(), allowed)  # float32 from the same bf16 q and logits
+    assert q16.dtype == logits16.dtype == mixed.dtype == torch.bfloat16
+    top = exact.abs().max()
+    # Summing ~96 gates in bf16 moves positions by whole units (errors ~10% of the largest bias).
+    assert (mixed.float() - same_inputs).abs()[..., allowed].max() < 0.02 * top
+    assert (mixed.float() - exact).abs()[..., allowed].max() < 0.04 * top
+
+
 # -- Attention ------------------------------------------------------------------------------------
 def test_cached_attention_equals_full_causal_attention():
     torch.manual_seed(0)
@@ -98,18 +160,6 @@ def test_attention_backend_explains_why_xformers_cannot_run():
 
 
 # -- ARC / ARCformer ------------------------------------------------------------------------------
-def test_arc_shapes_and_offset_invariance():
-    torch.manual_seed(0)
-    config = tiny_config(positional="rope")
-    arc = ARC(config).eval()
-    x, state = torch.randn(2, 8, 32), torch.randn(2, 4, 32)
-    y0, s0 = arc(x, state, offset=0)
-    assert y0.shape == (2, 8, 32) and s0.shape == (2, 4, 32)
-    for offset in (8, 1000, 123456):
-        y, s = arc(x, state, offset=offset)
-        assert torch.allclose(y, y0, atol=1e-4) and torch.allclose(s, s0, atol=1e-4)
-
-
 def test_arc_extend_in_parts_equals_forward():
     torch.manual_seed(1)
     arc = ARC(tiny_config(positional="rope+cope")).eval()
@@ -127,25 +177,44 @@ def test_arc_write_rows_see_the_whole_segment_but_segment_rows_do_not_see_write_
     torch.manual_seed(2)
     arc = ARC(tiny_config()).eval()
     x, state = torch.randn(1, 8, 32), torch.randn(1, 4, 32)
-    y, s = arc(x, state)
-    x2 = x.clone()
-    x2[:, -1] += 1.0  # last segment row
-    y2, s2 = arc(x2, state)
-    assert torch.equal(y[:, :-1], y2[:, :-1])
-    assert not torch.allclose(s, s2)  # every write row sees the last segment row
+    with torch.no_grad():
+        y, s = arc(x, state)
+        x2 = x.clone()
+        x2[:, -1] += 1.0  # last segment row
+        y2, s2 = arc(x2, state)
+        assert torch.equal(y[:, :-1], y2[:, :-1])  # segment rows are causal
+        assert not torch.allclose(s, s2)  # every write row sees the last segment row
+        for name in ("proj_in.write.weight", "pass_weights.0.write"):  # the write rows' keys and values
+            arc.get_parameter(name).normal_()
+        y3, s3 = arc(x, state)
+    assert torch.equal(y3, y)  # no segment row attends to a write row
+    assert not torch.allclose(s3, s)
 
 
-def test_arc_heads_are_batched_not_looped():
-    arc = ARC(tiny_config(n_heads=3))
-    assert arc.proj_in["read"].out_features == 3 * (8 + 8 + 8)
-    assert arc.pass_weights[0]["segment"].shape == (3, 8, 6 + 6 + 4)
+def test_arc_projections_fuse_heads_and_qkv_and_skip_the_dead_read_queries():
+    arc = ARC(tiny_config(n_heads=3))  # dims_key [8, 6], dims_value [8, 4]
+    assert arc.proj_in["read"].out_features == 3 * (8 + 8 + 8)  # pass 0: q|k|v of 3 heads in one matrix
+    assert arc.pass_weights[0]["segment"].shape == (3, 8, 6 + 6 + 4)  # pass 1: per-head matrices
+    assert arc.pass_weights[0]["write"].shape == (3, 8, 6 + 6 + 4)
+    # Read rows are discarded after the last pass: there they need keys and values, never a query.
+    assert arc.pass_weights[0]["read"].shape == (3, 8, 6 + 4)
+    one_pass = ARC(tiny_config(n_heads=3, dims_key=[8], dims_value=[6]))
+    assert one_pass.proj_in["read"].out_features == 3 * (8 + 6)
+    assert one_pass.proj_in["segment"].out_features == 3 * (8 + 8 + 6)
 
 
 def test_arcformer_uses_learned_initial_state():
-    layer = ARCformer(tiny_config())
+    model = tiny_model(seed=8)
+    layer = model.layers[0]
     assert layer.initial_state.shape == (4, 32) and layer.initial_state.requires_grad
-    y, s = layer(torch.randn(2, 8, 32), layer.initial_state.expand(2, -1, -1))
-    assert y.shape == (2, 8, 32) and s.shape == (2, 4, 32)
+    state = model.init_state(2)
+    assert all(torch.equal(s[1], layer.initial_state) for s, layer in zip(state.layer_states, model.layers))
+    tokens = torch.randint(0, 61, (2, 5))
+    with torch.no_grad():
+        before, _ = model(tokens)
+        layer.initial_state.add_(torch.randn_like(layer.initial_state))
+        after, _ = model(tokens)
+    assert not torch.allclose(before, after, atol=1e-4)  # the first segment reads it
 
 
 def test_gated_state_update_is_a_per_channel_mix_of_old_and_new_state():
@@ -193,6 +262,122 @@ def test_tied_embeddings_share_one_matrix():
     untied = OmLLM(tiny_config(tie_embeddings=False))
     assert untied.head.weight.data_ptr() != untied.embed.weight.data_ptr()
     assert untied.num_parameters() == model.num_parameters() + model.embed.weight.numel()
+
+
+def _same_weights(model: OmLLM, **overrides) -> OmLLM:
+    other = OmLLM(model.config.model_copy(update=overrides)).eval()
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+def test_rope_changes_the_logits():
+    model = tiny_model(seed=10, positional="rope")
+    tokens = torch.randint(0, 61, (2, 3 * 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with_rope, _ = model(tokens)
+        without, _ = _same_weights(model, positional="none")(tokens)
+    assert (with_rope - without).abs().max() > 1e-2
+
+
+def test_cope_changes_the_logits():
+    model = tiny_model(seed=11, positional="cope")
+    tokens = torch.randint(0, 61, (2, 3 * 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with_cope, _ = model(tokens)
+        for layer in model.layers:
+            for cope in layer.arc.cope:
+                cope.pos_emb.zero_()
+        without, _ = model(tokens)
+    assert (with_cope - without).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"state_len": 0},
+        {"dims_key": [8], "dims_value": [8]},
+        {"positional": "rope+cope", "state_update": "gated", "tie_embeddings": False,
+         "dims_key": [8, 6, 4], "dims_value": [8, 4, 6]},
+    ],
+)
+def test_every_weight_gets_a_gradient(overrides):
+    """A weight whose gradient is exactly zero is dead: it costs memory and optimizer state and learns nothing."""
+    model = tiny_model(seed=12, **overrides).double().train()
+    V, L = model.config.vocab_size, model.config.segment_len
+    ids = (torch.randperm(2 * (5 * L + 1), generator=torch.Generator().manual_seed(0)) % V).view(2, -1)  # every id occurs
+    loss, _ = model.loss(ids[:, :-1], ids[:, 1:])  # five segments: the state is written and read
+    loss.backward()
+    for name, param in model.named_parameters():
+        if param.numel() == 0:  # the (0, D) initial state of a model without memory
+            continue
+        grad = param.grad
+        assert grad is not None, name
+        if name in ("embed.weight", "head.weight"):
+            grad = grad[:V]  # padded rows are never read and their logits are cut off
+        if name.endswith("pos_emb"):  # CoPE positions beyond what the gates sum to are never reached
+            assert grad.abs().sum() > 0, name
+            continue
+        assert bool((grad != 0).all()), f"{name}: {int((grad == 0).sum())} of {grad.numel()} entries get no gradient"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"dims_key": [8], "dims_value": [8]}, {"dims_key": [8, 6], "dims_value": [8, 4]}, {"state_len": 0}],
+)
+def test_checkpoints_of_the_old_layout_still_load(overrides):
+    """Before the dead weights went, the last pass held read-row queries and a model without memory a state norm."""
+    model = tiny_model(seed=13, **overrides)
+    c = model.config
+    H, dk, last = c.n_heads, c.dims_key[-1], c.n_passes - 1
+    old = dict(model.state_dict())
+    for i in range(c.n_layers):
+        if c.state_len == 0:
+            old[f"layers.{i}.norm_state.weight"], old[f"layers.{i}.norm_state.bias"] = torch.ones(c.dim), torch.zeros(c.dim)
+        elif last == 0:
+            name = f"layers.{i}.arc.proj_in.read.weight"
+            kv = old[name].view(H, -1, c.dim)
+            old[name] = torch.cat((torch.randn(H, dk, c.dim), kv), dim=1).reshape(-1, c.dim)
+        else:
+            name = f"layers.{i}.arc.pass_weights.{last - 1}.read"
+            old[name] = torch.cat((torch.randn(*old[name].shape[:2], dk), old[name]), dim=2)
+    loaded = OmLLM(c).eval()
+    loaded.load_state_dict(old)  # strict
+    tokens = torch.randint(0, 61, (2, 19))
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens)[0], model(tokens)[0])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"dims_key": [8], "dims_value": [8]},
+        {"dims_key": [8], "dims_value": [4], "state_len": 0},
+        {"dims_key": [8, 6, 4], "dims_value": [8, 4, 2]},
+    ],
+)
+def test_parameter_count_matches_the_built_model(overrides):
+    config = tiny_config(**overrides)
+    assert parameter_count(config) == OmLLM(config).num_parameters()
+
+
+def test_stem_convolutions_start_small_next_to_the_embedding():
+    config = tiny_config(dim=128, stem_kernels=[2, 3, 4])
+    torch.manual_seed(0)
+    model = OmLLM(config)
+    for conv in model.stem.convs:
+        assert torch.equal(conv.bias, torch.zeros_like(conv.bias))
+        assert conv.weight.std().item() == pytest.approx(config.init_std, rel=0.1)
+    tokens = torch.randint(0, 61, (4, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        embedded = model.embed(tokens)
+        stem, _ = model.stem(embedded, model.init_state(4).stem_tail)
+        convs = stem - embedded
+        first_norm = model.layers[0].norm_attn
+        agreement = torch.nn.functional.cosine_similarity(first_norm(stem), first_norm(embedded), dim=-1).mean()
+    # PyTorch's default init (and its biases) gave the convolutions ~90% of the variance.
+    assert convs.var() < 0.5 * stem.var()
+    assert agreement > 0.7  # what the first layer sees is mostly the token itself
 
 
 def test_config_round_trips_through_json():

@@ -57,6 +57,13 @@ def test_cli_reads_stdin(tmp_path):
         (["{tmp}/bad.txt", "-o", "{tmp}/ds", "--codec", "chars"], "{tmp}/bad.txt: invalid UTF-8 at byte offset 3"),
         (["{tmp}/bad.txt", "-o", "{tmp}/ds", "--val-fraction", "1.5"], "--val-fraction 1.5 is not in [0, 1)"),
         (["{tmp}/bad.txt", "-o", "{tmp}/ds", "--codec", "chars", "--vocab-size", "3"], "--vocab-size 3 is too small"),
+        # Library errors about an argument name the flag that set it.
+        (["{tmp}/bad.txt", "-o", "{tmp}/ds", "--vocab-size", "100"], "error: --vocab-size 100 is too small for the bytes codec"),
+        (["{tmp}/bad.txt", "-o", "{tmp}/ds", "--codec", "chars"], "(--errors replace substitutes U+FFFD)"),
+        (["{tmp}", "-o", "{tmp}/ds", "--include", "*.md", "--exclude", "x"],
+         "{tmp}: no file in this folder matches --include *.md --exclude x"),
+        (["{tmp}/bad.txt", "-o", "{tmp}/ds", "--codec", "sentencepiece", "--vocab-size", "200"],
+         "error: --vocab-size 200 is too small"),
         (["{tmp}/bad.txt", "-o", "{tmp}/taken"], "{tmp}/taken: folder exists and is not empty"),
     ],
 )

@@ -22,4 +22,4 @@ def test_readme_has_exactly_two_setup_commands():
     setup = README.read_text().split("## Set up", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"```bash\n(.*?)```", setup, flags=re.S)
     assert len(commands) == 2
-    assert 'pip install -e ".[test]" && pytest' in commands[1]
+    assert 'pip install -e ".[test]" && ruff check . && pytest' in commands[1]

@@ -155,3 +155,115 @@ def test_cli_errors_exit_2_without_traceback(tmp_path, monkeypatch, args, expect
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(expected.replace("{tmp}", str(tmp_path)))
+
+
+# Values the library judges (codec options, sampling options) are judged at load time and named by
+# their recipe key, never by the `om prepare` / `om sample` flag that sets the same library argument.
+@pytest.mark.parametrize(
+    "data, overrides, expected",
+    [
+        (_with("data", dataset=None, sources=["x"], vocab_size=100), [],
+         "R: data.vocab_size: 100 is too small for the bytes codec: it needs 257 ids"),
+        (_with("data", dataset=None, sources=["x"], codec="chars", vocab_size=3), [],
+         "R: data.vocab_size: 3 is too small for the chars codec"),
+        (_with("data", dataset=None, sources=["x"], codec="sentencepiece", vocab_size=100), [],
+         "R: data.vocab_size: 100 is too small for the sentencepiece codec"),
+        (_with("data", dataset=None, sources=["x"], codec="words"), [],
+         "R: data.codec: 'words' is not one of: bytes, chars, sentencepiece"),
+        (dict(BASE, out={"sample_bytes": 10, "sample_temperature": 1000}), [],
+         "R: out.sample_temperature: 1000.0: must be a number from 0 (greedy) to 100"),
+        (BASE, ["data.sources=[x]", "data.vocab_size=100"],
+         "--set data.vocab_size=100: data.vocab_size: 100 is too small for the bytes codec"),
+    ],
+)
+def test_library_checks_name_the_recipe_key(tmp_path, data, overrides, expected):
+    message = _error(tmp_path, data, overrides)
+    assert message.startswith(expected)
+    assert "--vocab-size" not in message and "--codec" not in message and "--temperature" not in message
+
+
+def test_data_errors_found_while_preparing_name_the_recipe_key(tmp_path, monkeypatch):
+    """Errors that only the data reveals (here: no file matches data.include) name the recipe too."""
+    from om.train.recipe_data import resolve_dataset
+
+    monkeypatch.setenv("OM_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("print()\n")
+    recipe = load_recipe(_write(tmp_path, _with("data", dataset=None, sources=[str(tmp_path / "src")], include=["*.txt"])))
+    with pytest.raises(OmUserError) as info:
+        resolve_dataset(recipe.data, "my.yaml")
+    assert str(info.value) == f"my.yaml: {tmp_path / 'src'}: no file in this folder matches data.include *.txt"
+
+
+def test_cli_names_the_recipe_key_not_the_prepare_flag(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OM_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "corpus.txt").write_text("some text\n" * 20)
+    path = _write(tmp_path, _with("data", dataset=None, sources=[str(tmp_path / "corpus.txt")], vocab_size=100), "my.yaml")
+    for dry in ([], ["--dry-run"]):
+        result = CliRunner().invoke(app, ["train", str(path), *dry])
+        assert result.exit_code == 2
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        assert result.stderr.startswith(f"om train: error: {path}: data.vocab_size: 100 is too small for the bytes codec: ")
+        assert "--vocab-size" not in result.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+
+
+# A preparation option next to a prepared data.dataset would be ignored: it is refused, naming both keys.
+@pytest.mark.parametrize(
+    "data, overrides, expected",
+    [
+        (_with("data", codec="chars"), [], "R: data.codec applies only to data.sources, but data.dataset is set"),
+        (_with("data", include=["*.py"]), [], "R: data.include applies only to data.sources, but data.dataset is set"),
+        (BASE, ["data.codec=chars"], "--set data.codec=chars: data.codec applies only to data.sources, but data.dataset is set"),
+        (_with("data", dataset=None, sources=["x"]), ["data.dataset=ds", "data.codec=chars"], "--set data.codec=chars: data.codec"),
+        (_with("data", dataset=None, sources=["x"]), ["data.vocab_size=300", "data.dataset=ds"],
+         "--set data.vocab_size=300: data.vocab_size"),
+    ],
+)
+def test_preparation_options_next_to_a_dataset_are_refused(tmp_path, data, overrides, expected):
+    message = _error(tmp_path, data, overrides)
+    assert message.startswith(expected)
+    assert "a prepared dataset keeps" in message and "give data.sources instead of data.dataset" in message
+
+
+def test_setting_the_dataset_drops_the_files_preparation_options(tmp_path):
+    """`--set data.dataset=...` on a recipe of data.sources (tiny.yaml + a prepared folder) replaces
+    the sources and how they were to be prepared; the resolved recipe is itself a valid recipe."""
+    from om.train.recipe import validate_recipe
+
+    path = _write(tmp_path, _with("data", dataset=None, sources=["x"], codec="chars", vocab_size=300, include=["*.txt"]))
+    recipe = load_recipe(path, ["data.dataset=ds"])
+    assert recipe.data.dataset == "ds" and recipe.data.sources is None and recipe.data.codec == "bytes"
+    assert recipe.data.model_fields_set.isdisjoint({"codec", "vocab_size", "include"})
+    assert recipe.to_dict()["data"] == {"dataset": "ds", "sources": None}
+    assert validate_recipe(recipe.to_dict()) == recipe
+    assert load_recipe(path).data.codec == "chars"  # without the override the sources keep their options
+
+
+def test_log_sinks(tmp_path):
+    assert load_recipe(_write(tmp_path, BASE)).out.log_sinks == ["jsonl"]
+    chosen = load_recipe(_write(tmp_path, BASE), ["out.log_sinks=[csv, tensorboard]"])
+    assert chosen.out.log_sinks == ["csv", "tensorboard"]
+    assert _error(tmp_path, BASE, ["out.log_sinks=[jsonl, wandb]"]).startswith(
+        "--set out.log_sinks=[jsonl, wandb]: out.log_sinks.1: Input should be 'jsonl', 'csv' or 'tensorboard' (got 'wandb')"
+    )
+    assert _error(tmp_path, dict(BASE, out={"log_sinks": ["csv", "csv"]})).startswith("R: out: out.log_sinks: 'csv' is listed twice")
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--json"], "om train: error: --json works only with --dry-run (it prints the plan)"),
+        (["--set", "data.codec=chars"],
+         "om train: error: --set data.codec=chars: data.codec applies only to data.sources, but data.dataset is set"),
+    ],
+)
+def test_cli_refuses_options_it_would_ignore(tmp_path, monkeypatch, args, expected):
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, BASE, "good.yaml")
+    result = CliRunner().invoke(app, ["train", str(path), *args])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(expected)
+    assert list(tmp_path.iterdir()) == [path]

@@ -101,7 +101,7 @@ def test_closed_pipe_ends_quietly(ckpt):
     """`om sample ... | head -c 10`: exit 0, no traceback, no 'Exception ignored' message."""
     path, _, _ = ckpt
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "omcli.app", "sample", str(path), "--max-bytes", "100000", "--seed", "1", "--temperature", "0.5"]
+    cmd = [sys.executable, "-m", "omcli.app", "sample", str(path), "--max-bytes", "100000", "--seed", "1", "--temperature", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
     first = proc.stdout.read(10)
     proc.stdout.close()  # what `head -c 10` does
@@ -109,3 +109,19 @@ def test_closed_pipe_ends_quietly(ckpt):
     assert len(first) == 10
     assert proc.returncode == 0, err
     assert b"Traceback" not in err and b"Exception ignored" not in err and b"BrokenPipe" not in err
+
+
+def test_threads_flag_and_default(ckpt, monkeypatch):
+    import torch
+
+    path, _, _ = ckpt
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    args = ["sample", path, "--max-bytes", "8", "--seed", "1"]
+    result = run_cli([*args, "--threads", "2"])
+    assert result.exit_code == 0 and torch.get_num_threads() == 2 and "2 threads)" in result.stderr, result.stderr
+    out = run_cli(args)  # the default for batch-1 decoding: one thread
+    assert out.exit_code == 0 and torch.get_num_threads() == 1 and "1 thread)" in out.stderr
+    torch.set_num_threads(2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's setting replaces the default
+    assert run_cli(args).exit_code == 0 and torch.get_num_threads() == 2
+    assert_one_line_error(run_cli([*args, "--threads", "0"]), "--threads 0: must be from 1 to")

@@ -83,24 +83,27 @@ def test_top_k_one_is_greedy(byte_model):
 
 
 @pytest.mark.parametrize(
-    "options, flag",
+    "options, name",
     [
-        (dict(temperature=-1.0), "--temperature"),
-        (dict(temperature=float("nan")), "--temperature"),
-        (dict(temperature=1e6), "--temperature"),
-        (dict(top_k=-1), "--top-k"),
-        (dict(top_p=0.0), "--top-p"),
-        (dict(top_p=1.5), "--top-p"),
-        (dict(max_bytes=-1), "--max-bytes"),
-        (dict(max_bytes=10**12), "--max-bytes"),
-        (dict(seed=-3), "--seed"),
-        (dict(stop=b""), "--stop"),
+        (dict(temperature=-1.0), "temperature -1.0:"),
+        (dict(temperature=float("nan")), "temperature nan:"),
+        (dict(temperature=1e6), "temperature 1000000.0:"),
+        (dict(top_k=-1), "top_k -1:"),
+        (dict(top_p=0.0), "top_p 0.0:"),
+        (dict(top_p=1.5), "top_p 1.5:"),
+        (dict(max_bytes=-1), "max_bytes -1:"),
+        (dict(max_bytes=10**12), "max_bytes 1000000000000:"),
+        (dict(seed=-3), "seed -3:"),
+        (dict(stop=b""), "stop:"),
     ],
 )
-def test_bad_options(byte_model, options, flag):
+def test_bad_options(byte_model, options, name):
+    """The error names the argument and its value (not a command-line flag) and is keyed by it."""
     model, codec = byte_model
-    with pytest.raises(OmUserError, match=flag):
+    with pytest.raises(OmUserError) as info:
         generate(model, codec, b"", **options)  # raised at the call, before any output
+    assert str(info.value).startswith(name) and "--" not in str(info.value)
+    assert info.value.keys == tuple(options)
 
 
 def test_chars_model_outputs_utf8_and_rejects_bad_prompt():
@@ -131,19 +134,39 @@ def test_decoder_holds_back_unfinished_utf8():
     assert decoder.push(0xE2) == b"" and decoder.flush() == "\ufffd".encode()
 
 
-def test_cost_per_token_does_not_grow(byte_model):
-    """The state stays bounded while generating: its size after 10 and after 200 tokens is the same kind."""
+def test_cost_per_token_does_not_grow(byte_model, monkeypatch):
+    """Generating byte t costs the same attention as byte t - 10 L: at most 1 + S query rows over at
+    most 2S + L key rows per pass and layer (write rows included), however long the stream; and the
+    state has the same size after 2 and after 20 segments. Counted, not timed."""
+    import om.model.arc as arc_module
     from om.sampling import generate_ids
 
     model, codec = byte_model
-    opts = SamplingOptions(temperature=0)
+    L, S = model.config.segment_len, model.config.state_len
     sizes = []
-    L = model.config.segment_len
-    state = None
     for n in (2 * L + 3, 20 * L + 3):
         ids = np.array([codec.doc_sep_id] + [65] * n)
         with torch.no_grad():
             _, state = model(torch.from_numpy(ids)[None], None)
         sizes.append(state.num_bytes())
     assert sizes[0] == sizes[1]
-    assert next(iter(generate_ids(model, codec, np.zeros(0, dtype=np.int64), opts))) >= 0
+
+    calls = []  # (query rows, key rows) of every attention call
+    attention = arc_module.causal_attention
+
+    def counted(q, k, *args, **kwargs):
+        calls.append((q.shape[-2], k.shape[-2]))
+        return attention(q, k, *args, **kwargs)
+
+    monkeypatch.setattr(arc_module, "causal_attention", counted)
+    tokens = generate_ids(model, codec, np.zeros(0, dtype=np.int64), SamplingOptions(temperature=0), end_at_separator=False)
+    per_token = []
+    for _ in range(20 * L):
+        calls.clear()
+        next(tokens)  # runs the model on the previous token only
+        per_token.append(list(calls))
+    per_call = model.config.n_layers * model.config.n_passes
+    assert all(len(c) == per_call for c in per_token)
+    assert max(q for c in per_token for q, _ in c) <= 1 + S
+    assert max(k for c in per_token for _, k in c) <= 2 * S + L
+    assert per_token[L : 2 * L] == per_token[19 * L : 20 * L]  # the same pattern 18 segments later

@@ -105,7 +105,8 @@ def test_signal_saves_a_checkpoint_and_resume_matches(tmp_path, dataset, sig, co
     args = [sys.executable, "-m", "omcli.app", "train", str(TINY), "--set", f"data.dataset={dataset}", "--set", "train.max_steps=100000"]
     for s in sets:
         args += ["--set", s]
-    proc = subprocess.Popen(args + ["--out", str(run), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    args += ["--out", str(run), "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 60
     while time.time() < deadline and not (metrics.is_file() and metrics.read_text().strip()):
@@ -140,9 +141,10 @@ def test_end_to_end_prepare_and_train_cli(tmp_path, monkeypatch):
     assert "val bits/byte" in result.stderr and "sample:" in result.stderr
     loaded = load_checkpoint("run")
     assert loaded.path.resolve() == ckpt.resolve() and loaded.trainer["step"] == 20
-    # Run again: the finished run is resumed and stops at once, printing the same checkpoint.
+    # Run again: the run is already complete; nothing is trained and the same checkpoint is printed.
     again = CliRunner().invoke(app, ["train", str(TINY), "--set", f"data.dataset={ds}", "--out", "run", "--no-progress"])
     assert again.exit_code == 0 and again.stdout.strip() == str(ckpt)
+    assert "run: already complete at step 20" in again.stderr and "sample:" not in again.stderr
 
 
 def test_sources_are_prepared_into_the_cache_once(tmp_path, monkeypatch):
@@ -170,4 +172,5 @@ def test_resume_from_another_checkpoint_into_a_new_folder(tmp_path, dataset):
     before = _metrics(tmp_path / "b")
     again = Trainer(_recipe(dataset, max_steps=6), tmp_path / "b").run()
     assert again.step == 6 and again.val == second.val and again.checkpoint == second.checkpoint
+    assert again.already_complete and again.trained_steps == 0
     assert _metrics(tmp_path / "b") == before

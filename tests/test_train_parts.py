@@ -10,10 +10,11 @@ import torch
 
 from om import OmConfig, OmLLM
 from om.data import BytesCodec
-from om.train.batches import BatchSampler, eval_windows
-from om.train.validation import tokens_for_bytes
+from om.evaluate import TokenReader, validation_slice
+from om.train.batches import BatchSampler
 from om.train.optim import param_groups
 from om.train.schedule import budget_progress, learning_rate
+from om.train.validation import tokens_for_bytes
 
 
 def test_weight_decay_skips_norms_biases_and_initial_states():
@@ -82,10 +83,20 @@ def test_too_little_data_is_a_user_error():
         BatchSampler(np.arange(10, dtype=np.uint16), 16, 2, 1, 0, "reset")
 
 
-def test_eval_windows_and_bytes_slices():
+def test_validation_slice_and_bytes_slices(tmp_path):
     tokens = np.arange(101, dtype=np.uint16)
-    w = eval_windows(tokens, 40, 4)
-    assert w.shape == (4, 11) and torch.equal(w[1, 0], w[0, -1])  # contiguous streams, sharing edges
+    pieces = validation_slice(tokens, "val", 42, 4)
+    assert [p.name for p in pieces] == ["val[0:10]", "val[10:20]", "val[20:30]", "val[30:42]"]
+    assert np.array_equal(np.concatenate([p.ids for p in pieces]), tokens[:42])  # contiguous, no overlap
+    assert [p.name for p in validation_slice(tokens, "val")] == ["val"]  # the whole split, one stream
+    # A memmap split is cut into memmaps of the right file regions (a sliced memmap keeps its parent's offset).
+    path = tmp_path / "val.bin"
+    tokens.tofile(path)
+    mm = np.memmap(path, dtype=np.uint16, mode="r", shape=(101,))
+
+    codec = BytesCodec()
+    got = [np.concatenate(list(TokenReader(p, codec, chunk_bytes=3))) for p in validation_slice(mm, "val", 42, 4)]
+    assert np.array_equal(np.concatenate(got), tokens[:42])
     codec = BytesCodec()
     ids = np.array([65, 256, 66, 67, 256, 68], dtype=np.uint16)  # separators cover no bytes
     assert tokens_for_bytes(codec, ids, 2) == 3

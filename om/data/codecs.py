@@ -14,8 +14,9 @@ from typing import Iterable
 
 import numpy as np
 
+from om.data.bytesplit import BytesSplit
 from om.data.utf8 import Utf8Decoder, check_errors
-from om.errors import OmUserError
+from om.errors import OmUserError, renamed_keys
 
 CODEC_FILE = "codec.json"
 CODEC_FORMAT_VERSION = 1
@@ -152,8 +153,9 @@ class BytesCodec(Codec):
             vocab_size = minimum
         if vocab_size < minimum:
             raise OmUserError(
-                f"--vocab-size {vocab_size} is too small for the bytes codec: it needs {minimum} ids "
-                "(256 byte values and the doc_sep special id)"
+                f"vocab_size {vocab_size} is too small for the bytes codec: it needs {minimum} ids "
+                "(256 byte values and the doc_sep special id)",
+                key="vocab_size",
             )
         self.vocab_size = int(vocab_size)
         self.special_ids = {"doc_sep": 256}
@@ -168,6 +170,8 @@ class BytesCodec(Codec):
         return ids[ids < 256].astype(np.uint8).tobytes()
 
     def byte_count(self, ids) -> int:
+        if isinstance(ids, BytesSplit):  # counted from its boundaries, without reading it
+            return ids.byte_count()
         ids = self._in_range(np.asarray(ids).reshape(-1))
         return sum(int(np.count_nonzero(ids[s : s + _BLOCK] < 256)) for s in range(0, ids.size, _BLOCK))
 
@@ -256,8 +260,9 @@ class CharsCodec(Codec):
         minimum = cls.minimum_vocab_size()
         if vocab_size < minimum:
             raise OmUserError(
-                f"--vocab-size {vocab_size} is too small for the chars codec: it needs {len(cls.SPECIALS)} "
-                f"special ids ({', '.join(cls.SPECIALS)}) plus at least one character (minimum {minimum})"
+                f"vocab_size {vocab_size} is too small for the chars codec: it needs {len(cls.SPECIALS)} "
+                f"special ids ({', '.join(cls.SPECIALS)}) plus at least one character (minimum {minimum})",
+                key="vocab_size",
             )
 
     def encoder(self, errors: str = "strict", source: str | None = None) -> Encoder:
@@ -302,7 +307,8 @@ def load_codec(directory: str | os.PathLike) -> Codec:
         raise OmUserError(f"{path}: cannot read codec description ({err})") from None
     name = info.get("name") if isinstance(info, dict) else None
     if name == "bytes":
-        codec: Codec = BytesCodec(info.get("vocab_size"))
+        with renamed_keys({"vocab_size": "vocab_size"}, where=str(path)):  # the key of this file
+            codec: Codec = BytesCodec(info.get("vocab_size"))
         if codec.special_ids != info.get("special_ids"):
             raise OmUserError(f"{path}: special_ids do not match the bytes codec")
         return codec
@@ -316,9 +322,36 @@ def load_codec(directory: str | os.PathLike) -> Codec:
 
 
 def check_codec_name(name: str) -> str:
+    """`name` if it is a codec name, else an `OmUserError` about the `codec` argument."""
     if name not in CODEC_NAMES:
-        raise OmUserError(f"--codec {name!r} is not one of: {', '.join(CODEC_NAMES)}")
+        raise OmUserError(f"codec {name!r} is not one of: {', '.join(CODEC_NAMES)}", key="codec")
     return name
+
+
+def check_codec_options(codec: str, vocab_size=None, model_type: str = "unigram") -> int | None:
+    """Check a codec name, its `vocab_size` (None: the codec's default) and, for sentencepiece, its
+    `model_type` before any data is read; return vocab_size as an int (or None).
+
+    Raises `OmUserError` keyed by the argument at fault (codec, vocab_size or model_type).
+    """
+    check_codec_name(codec)
+    if vocab_size is not None:
+        try:
+            valid = not isinstance(vocab_size, bool) and int(vocab_size) == vocab_size
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise OmUserError(f"vocab_size {vocab_size!r} is not an integer", key="vocab_size")
+        vocab_size = int(vocab_size)
+    if codec == "bytes":
+        BytesCodec(vocab_size)
+    elif codec == "chars":
+        CharsCodec.check_vocab_size(CharsCodec.DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size)
+    else:
+        from om.data.spm import check_options
+
+        check_options(vocab_size, model_type)
+    return vocab_size
 
 
 def make_codec(
@@ -332,14 +365,13 @@ def make_codec(
 
     Options for sentencepiece: `model_type` ("unigram" or "bpe").
     """
-    check_codec_name(name)
+    vocab_size = check_codec_options(name, vocab_size, options.get("model_type", "unigram"))
     if name == "bytes":
         return BytesCodec(vocab_size)
     if data is None:
         raise ValueError(f"the {name} codec needs training data")
     chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
     if name == "chars":
-        CharsCodec.check_vocab_size(CharsCodec.DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size)
         counter, decoder = CharCounter(), Utf8Decoder(errors)
         for chunk in chunks:
             counter.update(decoder.decode(bytes(chunk)))

@@ -1,9 +1,12 @@
-"""Write a folder atomically: build it in a hidden temporary folder next to it, rename at the end.
+"""The output folder of `om prepare`: refused or replaced as the user asked, written atomically.
 
-The temporary folder is `.NAME.om-prepare-PID-HOST-XXXX.tmp` in the same parent (same filesystem, so
-the rename is atomic). It is removed on any exception, on Ctrl-C and on SIGTERM/SIGHUP (turned into
-SystemExit while the folder is open). A run killed with SIGKILL leaves it behind; the next run
-writing next to it removes temporary folders whose process is gone.
+The folder is built in a hidden temporary folder next to it and renamed into place at the end, with
+`om.atomic` (temporary names ``.NAME.om-prepare-PID-HOST-*.tmp``, every file fsynced, modes from
+the umask).
+This module adds the policy of a dataset folder: a non-empty folder is replaced only with --force
+(never one holding the current folder), and the temporary folder is removed on any exception, on
+Ctrl-C and on SIGTERM/SIGHUP (turned into SystemExit while the folder is open). A run killed with
+SIGKILL leaves it behind; the next run writing the same folder removes it once its process is gone.
 """
 
 from __future__ import annotations
@@ -11,56 +14,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
-import secrets
 import threading
 from pathlib import Path
 
+from om.atomic import commit_folder, new_temp_folder, remove_stale, seal_folder
 from om.errors import OmUserError
 
+TAG = "prepare"
 _CATCH = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host (one we may not signal counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def host_tag() -> str:
-    """This host's name, reduced to a safe file-name part (marks temporary names with their writer)."""
-    return "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
-
-
-def _remove_stale(parent: Path, name: str) -> None:
-    """Remove temporary folders left next to `name` by runs on this host whose process is gone."""
-    prefix = f".{name}.om-prepare-"
-    try:
-        entries = list(parent.iterdir())
-    except OSError:
-        return
-    for entry in entries:
-        if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")):
-            continue
-        pid, _, rest = entry.name[len(prefix) :].partition("-")
-        if pid.isdigit() and rest.startswith(host_tag() + "-") and not pid_alive(int(pid)):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _make_temp(parent: Path, name: str, tag: str = "") -> Path:
-    """A new hidden folder next to the target (mode from the umask, unlike tempfile.mkdtemp)."""
-    while True:
-        path = parent / f".{name}.om-prepare-{os.getpid()}-{host_tag()}-{tag}{secrets.token_hex(4)}.tmp"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
 
 
 def _raise_exit(signum, frame):
@@ -97,12 +58,12 @@ class AtomicFolder:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OmUserError(f"{parent}: cannot create folder ({err.strerror or err})") from None
-        _remove_stale(parent, self.final.name)
+        remove_stale(parent, self.final.name)
         if threading.current_thread() is threading.main_thread():
             for sig in _CATCH:
                 self._handlers[sig] = signal.signal(sig, _raise_exit)
         try:
-            self.path = _make_temp(parent, self.final.name)
+            self.path = new_temp_folder(self.final, TAG)
         except OSError as err:
             self._restore()
             raise OmUserError(f"{parent}: cannot write here ({err.strerror or err})") from None
@@ -111,16 +72,11 @@ class AtomicFolder:
     def commit(self) -> None:
         """Move the finished folder into place (replacing the old one if forced)."""
         assert self.path is not None
+        seal_folder(self.path)  # fsync before blocking signals: it can take a while for a big dataset
         blocked = {signal.SIGINT, *_CATCH}
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
         try:
-            if self.final.is_dir() and any(self.final.iterdir()):
-                trash = _make_temp(self.final.parent, self.final.name, "old-")
-                os.replace(self.final, trash / "old")
-                os.replace(self.path, self.final)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(self.path, self.final)  # replaces an empty folder atomically
+            commit_folder(self.path, self.final, sealed=True)
             self.path = None
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)

@@ -1,5 +1,9 @@
 """`prepare_dataset`: documents in; train.bin, val.bin, meta.json and the codec's files out.
 
+The bytes codec writes each split as its raw bytes (uint8) plus train.docs/val.docs, the offsets
+of the document boundaries (layout "bytes", see `om.data.bytesplit`); the other codecs write ids
+with doc_sep inline (layout "ids").
+
 Memory stays bounded: inputs are read in chunks, hashed and encoded in the same pass and appended
 to the .bin files. The chars codec reads the training text twice (count, then encode); SentencePiece
 trains on a bounded sample. Codecs that read twice copy stdin/pipes to a spool file first.
@@ -18,14 +22,15 @@ from typing import BinaryIO, Callable, Iterable
 
 import numpy as np
 
-from om.data.codecs import BytesCodec, CharCounter, CharsCodec, Codec, check_codec_name
-from om.data.dataset import FORMAT_VERSION, META_FILE, SPLITS
+from om.data.bytesplit import BOUNDARY_DTYPE
+from om.data.codecs import BytesCodec, CharCounter, CharsCodec, Codec, check_codec_options
+from om.data.dataset import BOUNDARY_FILES, FORMAT_VERSION, META_FILE, SPLITS
 from om.data.outdir import AtomicFolder
 from om.data.progress import ProgressEvent, RichProgress
 from om.data.sources import Source, read_at, read_chunks, resolve_inputs
 from om.data.split import SplitPlan, check_val_fraction, plan_split, tail_cut
 from om.data.utf8 import Utf8Decoder, check_errors
-from om.errors import OmRunError, OmUserError, printable
+from om.errors import OmRunError, OmUserError, printable, renamed_keys
 
 DEFAULT_VAL_FRACTION = 0.1
 CHUNK_SIZES = {"bytes": 8 << 20, "chars": 2 << 20, "sentencepiece": 1 << 20}
@@ -58,6 +63,41 @@ class _SplitWriter:
 
     def close(self) -> None:
         self._file.close()
+
+    def info(self) -> dict:
+        return {"file": self.path.name, "tokens": self.tokens, "bytes": self.bytes, "documents": self.docs}
+
+
+class _BytesSplitWriter(_SplitWriter):
+    """Appends raw bytes to one .bin file (uint8) and, for every document but the first, the byte
+    offset where it starts to the .docs file: the separators are implied, not stored."""
+
+    def __init__(self, path: Path, docs_path: Path) -> None:
+        self.path, self.docs_path = path, docs_path
+        self.tokens = self.bytes = self.docs = self.seps = 0
+        self._file = open(path, "wb", buffering=1 << 20)
+        self._docs = open(docs_path, "wb", buffering=1 << 16)
+
+    def start_document(self) -> None:
+        if self.docs:
+            self._docs.write(self.bytes.to_bytes(BOUNDARY_DTYPE.itemsize, "little", signed=True))
+            self.seps += 1
+            self.tokens += 1
+        self.docs += 1
+
+    def write_bytes(self, data: bytes) -> None:
+        self._file.write(data)
+        self.tokens += len(data)
+        self.bytes += len(data)
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        finally:
+            self._docs.close()
+
+    def info(self) -> dict:
+        return {**super().info(), "boundaries": self.docs_path.name, "separators": self.seps}
 
 
 class _Run:
@@ -168,13 +208,17 @@ class _Run:
         Checkpoints (tokens written, stream bytes they cover) let the tail split find its cut
         without reading the whole stream again.
         """
-        writers = {name: _SplitWriter(self.folder / file, codec) for name, file in SPLITS.items()}
+        raw = codec.name == "bytes"  # the bytes are the ids: written as they are, no encoding
+        writers = {
+            name: _BytesSplitWriter(self.folder / file, self.folder / BOUNDARY_FILES[name]) if raw
+            else _SplitWriter(self.folder / file, codec)
+            for name, file in SPLITS.items()
+        }
         known = all(s.size is not None for s in self.sources)
         total = sum(s.size or 0 for s in self.sources) if known else None
         checkpoints = [(0, 0)]
-        track = plan.method == "tail"
+        track = plan.method == "tail" and not raw  # the bytes layout cuts at the byte itself
         consumed = 0
-        count = (lambda ids: int(ids.size)) if codec.name == "bytes" else codec.byte_count
         try:
             for i, src in enumerate(self.sources):
                 writer = writers[plan.split_of(i) if plan.method == "documents" else "train"]
@@ -191,14 +235,17 @@ class _Run:
                     if listed is not None and size > listed:
                         _changed(src, listed, size)
                     consumed += len(chunk)
-                    ids = encoder.encode(chunk)
-                    writer.write(ids, count(ids))
-                    if track:
-                        checkpoints.append((writer.tokens, consumed - encoder.pending_bytes))
+                    if raw:
+                        writer.write_bytes(chunk)
+                    else:
+                        ids = encoder.encode(chunk)
+                        writer.write(ids, codec.byte_count(ids))
+                        if track:
+                            checkpoints.append((writer.tokens, consumed - encoder.pending_bytes))
                     self.report("encode", consumed, total)
-                if size:
+                if size and not raw:
                     ids = encoder.encode(b"", final=True)
-                    writer.write(ids, count(ids))
+                    writer.write(ids, codec.byte_count(ids))
                     if track:
                         checkpoints.append((writer.tokens, consumed))
                 if listed is not None and size != listed:
@@ -216,6 +263,8 @@ class _Run:
 
         Plain reads, not a memmap: mapped pages would count as resident memory on a huge input.
         """
+        if isinstance(writers["train"], _BytesSplitWriter):
+            return self._cut_tail_bytes(writers, total, val_fraction)
         train, val = writers["train"], writers["val"]
         cut_byte = tail_cut(total, val_fraction)
         n, dtype, block = train.tokens, codec.dtype, 1 << 20
@@ -249,7 +298,7 @@ class _Run:
                     part = read(f, start, min(block, n - start))
                     seps_after += int(np.count_nonzero(part == sep))
                     keep = part[max(0, val_start - start) :]
-                    val_bytes += int(np.count_nonzero(keep < 256)) if codec.name == "bytes" else codec.byte_count(keep)
+                    val_bytes += codec.byte_count(keep)
                     out.write(memoryview(keep).cast("B"))
         os.truncate(train.path, train_end * dtype.itemsize)
         val_seps = seps_after - (val_start - train_end)
@@ -259,6 +308,37 @@ class _Run:
         train.seps -= seps_after
         train.docs = train.seps + 1 if train.tokens else 0
         return cut_byte
+
+    def _cut_tail_bytes(self, writers: dict[str, _SplitWriter], total: int, val_fraction: float) -> int:
+        """`cut_tail` for the bytes layout: bytes from the cut on move to val.bin, boundaries after
+        it to val.docs (shifted); a boundary at the cut itself belongs to neither side, as a doc_sep
+        at the cut does in the ids layout."""
+        train, val = writers["train"], writers["val"]
+        assert isinstance(train, _BytesSplitWriter) and isinstance(val, _BytesSplitWriter)
+        cut = tail_cut(total, val_fraction)
+        block = 8 << 20
+        with open(train.path, "rb") as f, open(val.path, "wb") as out:
+            f.seek(cut)
+            while data := f.read(block):
+                out.write(data)
+        os.truncate(train.path, cut)
+        item = BOUNDARY_DTYPE.itemsize
+        kept = moved = 0
+        with open(train.docs_path, "rb") as f, open(val.docs_path, "wb") as out:
+            while data := f.read(block):  # offsets are sorted: train keeps a prefix of them
+                offsets = np.frombuffer(data, dtype=BOUNDARY_DTYPE)
+                kept += int(np.count_nonzero(offsets < cut))
+                after = offsets[offsets > cut] - cut
+                out.write(after.astype(BOUNDARY_DTYPE).tobytes())
+                moved += int(after.size)
+        os.truncate(train.docs_path, kept * item)
+        val.bytes, val.seps = total - cut, moved
+        val.tokens = val.bytes + val.seps
+        val.docs = val.seps + 1 if val.tokens else 0
+        train.bytes, train.seps = cut, kept
+        train.tokens = train.bytes + train.seps
+        train.docs = train.seps + 1 if train.tokens else 0
+        return cut
 
 
 def _changed(src: Source, listed: int, read: int) -> None:
@@ -323,25 +403,10 @@ def prepare_dataset(
     chars/sentencepiece) or "replace" (U+FFFD). progress: None/False (silent), True (a rich bar on
     stderr) or a callable receiving ProgressEvent. Raises OmUserError for anything the user can fix.
     """
-    check_codec_name(codec)
+    with renamed_keys({"model_type": "sp_model_type"}):  # this function's name for it
+        vocab_size = check_codec_options(codec, vocab_size, sp_model_type)
     check_errors(errors)
     val_fraction = check_val_fraction(val_fraction)
-    if vocab_size is not None:
-        try:
-            valid = not isinstance(vocab_size, bool) and int(vocab_size) == vocab_size
-        except (TypeError, ValueError):
-            valid = False
-        if not valid:
-            raise OmUserError(f"--vocab-size {vocab_size!r} is not an integer")
-        vocab_size = int(vocab_size)
-    if codec == "bytes":
-        BytesCodec(vocab_size)  # validates the size
-    elif codec == "chars":
-        CharsCodec.check_vocab_size(CharsCodec.DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size)
-    else:
-        from om.data.spm import check_options
-
-        check_options(vocab_size, sp_model_type)
     out = Path(out_dir)
     sources = resolve_inputs(inputs, include, exclude, out)
     report, bar = _reporter(progress)
@@ -412,13 +477,13 @@ def _prepare(tmp, sources, codec_name, vocab_size, val_fraction, errors, report,
         "codec_files": codec_files,
         "vocab_size": codec.vocab_size,
         "special_ids": dict(codec.special_ids),
-        "dtype": codec.dtype.name,
+        # layout "bytes": the .bin files hold the raw bytes (uint8) and the .docs files the document
+        # boundaries; layout "ids": the .bin files hold the ids, doc_sep included, of `dtype`.
+        "layout": "bytes" if codec.name == "bytes" else "ids",
+        "dtype": "uint8" if codec.name == "bytes" else codec.dtype.name,
         "byte_order": "little",
         "errors": errors,
-        "splits": {
-            name: {"file": w.path.name, "tokens": w.tokens, "bytes": w.bytes, "documents": w.docs}
-            for name, w in writers.items()
-        },
+        "splits": {name: w.info() for name, w in writers.items()},
         "split": split_info,
         "input_bytes": total,
         "sources": [

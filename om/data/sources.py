@@ -94,43 +94,45 @@ def _is_within(path: Path, folder: Path) -> bool:
         return False
 
 
-def resolve_inputs(
+def expand_inputs(
     inputs: Iterable[str | os.PathLike],
     include: Iterable[str] = (),
     exclude: Iterable[str] = (),
     out_dir: Path | None = None,
-) -> list[Source]:
-    """Expand INPUT arguments into documents, in order; raise OmUserError for anything unusable.
+    read_once: bool = True,
+) -> list[list[Source]]:
+    """The documents of each INPUT argument, in order; raise OmUserError for anything unusable.
 
-    Folders are walked recursively in sorted order, hidden entries skipped, `include`/`exclude`
-    globs applied to each path inside the folder (and to its file name). Files named directly are
-    always taken. The output folder (`out_dir`) is never read as input. A file named twice is
-    read once.
+    A file stands for itself, "-" for stdin (at most once), a folder for the files under it:
+    walked recursively in sorted order, hidden entries skipped, `include`/`exclude` globs applied to
+    each path inside the folder (and to its file name). Files named directly are always taken. The
+    output folder (`out_dir`) is never read as input. With `read_once`, a file reached twice (named
+    twice, or through a link) is taken the first time only.
     """
     include, exclude = tuple(include), tuple(exclude)
     out_real = out_dir.resolve() if out_dir is not None else None
     out_identity = _identity(out_dir) if out_dir is not None else None
     skip = {out_identity} if out_identity is not None else set()
-    sources: list[Source] = []
+    groups: list[list[Source]] = []
     seen: set[tuple[int, int]] = set()
     inputs = [str(i) for i in inputs]
-    if not inputs:
-        raise OmUserError("no INPUT given (files, folders, or - for stdin)")
     if inputs.count(STDIN) > 1:
         raise OmUserError("stdin ('-') is given more than once")
 
-    def add(name: str, key: str, path: str, st: os.stat_result) -> None:
-        if (st.st_dev, st.st_ino) in seen:
+    def add(group: list[Source], name: str, key: str, path: str, st: os.stat_result) -> None:
+        if read_once and (st.st_dev, st.st_ino) in seen:
             return
         if not os.access(path, os.R_OK):
             raise OmUserError(f"{name}: cannot read (permission denied)")
         seen.add((st.st_dev, st.st_ino))
         regular = stat.S_ISREG(st.st_mode)
-        sources.append(Source(name, key, path, st.st_size if regular else None, stream=not regular))
+        group.append(Source(name, key, path, st.st_size if regular else None, stream=not regular))
 
     for arg in inputs:
+        group: list[Source] = []
+        groups.append(group)
         if arg == STDIN:
-            sources.append(Source(STDIN, STDIN, None, None, stream=True))
+            group.append(Source(STDIN, STDIN, None, None, stream=True))
             continue
         path = Path(arg)
         try:
@@ -144,16 +146,32 @@ def resolve_inputs(
                 raise OmUserError(f"{arg}: cannot read folder (permission denied)")
             files = _walk(path, include, exclude, skip)  # never enters the output folder
             if not files:
-                globs = " ".join([*(f"--include {g}" for g in include), *(f"--exclude {g}" for g in exclude)])
-                raise OmUserError(f"{arg}: no file in this folder" + (f" matches {globs}" if globs else ""))
+                globs = [*(f"include {g}" for g in include), *(f"exclude {g}" for g in exclude)]
+                used = tuple(k for k, given in (("include", include), ("exclude", exclude)) if given)
+                matches = f" matches {' '.join(globs)}" if globs else ""
+                raise OmUserError(f"{arg}: no file in this folder{matches}", key=used)
             prefix = "" if arg in (".", "./") else arg.rstrip("/") + "/"
             for rel, file, file_st in files:
-                add(prefix + rel, rel, file, file_st)
+                add(group, prefix + rel, rel, file, file_st)
         else:
             if out_real is not None and _is_within(path.resolve(), out_real):
                 raise OmUserError(f"{arg}: input is inside the output folder {out_dir}")
-            add(arg, path.name, arg, st)
-    return sources
+            add(group, arg, path.name, arg, st)
+    return groups
+
+
+def resolve_inputs(
+    inputs: Iterable[str | os.PathLike],
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    out_dir: Path | None = None,
+) -> list[Source]:
+    """The documents of `om prepare`: every input's (see `expand_inputs`) in one list, each file
+    once; at least one input must be given."""
+    inputs = list(inputs)
+    if not inputs:
+        raise OmUserError("no inputs given (files, folders, or - for stdin)")
+    return [source for group in expand_inputs(inputs, include, exclude, out_dir) for source in group]
 
 
 def _widen_pipe(f) -> None:

@@ -22,12 +22,13 @@ TOLERANCE = 0.5
 
 
 def check_val_fraction(val_fraction) -> float:
+    """`val_fraction` as a float in [0, 1), else an `OmUserError` about the `val_fraction` argument."""
     try:
         value = float(val_fraction)
     except (TypeError, ValueError):
-        raise OmUserError(f"--val-fraction {val_fraction!r} is not a number") from None
+        raise OmUserError(f"val_fraction {val_fraction!r} is not a number", key="val_fraction") from None
     if not math.isfinite(value) or not 0.0 <= value < 1.0:
-        raise OmUserError(f"--val-fraction {val_fraction} is not in [0, 1)")
+        raise OmUserError(f"val_fraction {val_fraction} is not in [0, 1)", key="val_fraction")
     return value
 
 

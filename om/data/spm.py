@@ -46,14 +46,15 @@ def text_lines(text: str) -> Iterator[str]:
 def check_options(vocab_size: int | None, model_type: str = "unigram") -> None:
     """Raise OmUserError for a vocabulary too small for the reserved ids or an unknown model type."""
     if model_type not in MODEL_TYPES:
-        raise OmUserError(f"--sp-model-type {model_type!r} is not one of: {', '.join(MODEL_TYPES)}")
+        raise OmUserError(f"model_type {model_type!r} is not one of: {', '.join(MODEL_TYPES)}", key="model_type")
     vocab_size = DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size
     minimum = RESERVED + EXTRA_IDS + 1
     if vocab_size < minimum:
         raise OmUserError(
-            f"--vocab-size {vocab_size} is too small for the sentencepiece codec: it needs {RESERVED + EXTRA_IDS} "
+            f"vocab_size {vocab_size} is too small for the sentencepiece codec: it needs {RESERVED + EXTRA_IDS} "
             "reserved ids (256 byte pieces, <unk>, newline, literal U+2581, doc_sep) plus learned pieces "
-            f"(minimum {minimum}, in practice one more per distinct character of the data)"
+            f"(minimum {minimum}, in practice one more per distinct character of the data)",
+            key="vocab_size",
         )
 
 
@@ -165,8 +166,9 @@ class SentencePieceCodec(Codec):
             if found:
                 need = int(found.group(2)) + EXTRA_IDS
                 raise OmUserError(
-                    f"--vocab-size {vocab_size} is too small for the sentencepiece codec on this data: "
-                    f"its characters and reserved ids need at least {need}"
+                    f"vocab_size {vocab_size} is too small for the sentencepiece codec on this data: "
+                    f"its characters and reserved ids need at least {need}",
+                    key="vocab_size",
                 ) from None
             raise OmUserError(f"SentencePiece training failed: {message.splitlines()[-1] if message else err}") from None
         return cls(model.getvalue(), model_type)

@@ -10,8 +10,9 @@ ERRORS = ("strict", "replace")
 
 
 def check_errors(errors: str) -> str:
+    """`errors` if it is "strict" or "replace", else an `OmUserError` about the `errors` argument."""
     if errors not in ERRORS:
-        raise OmUserError(f"--errors {errors!r} is not one of: {', '.join(ERRORS)}")
+        raise OmUserError(f"errors {errors!r} is not one of: {', '.join(ERRORS)}", key="errors")
     return errors
 
 
@@ -19,12 +20,12 @@ def complete_prefix(buf) -> int:
     """Length of the longest prefix of `buf` that does not end inside a multi-byte character.
 
     Only the last 3 bytes can belong to an unfinished character; invalid bytes are left for the
-    decoder to report.
+    decoder to report (0xF8..0xFF lead nothing, so they are never held back).
     """
     n = len(buf)
     for i in range(n - 1, max(n - 4, -1), -1):
         b = buf[i]
-        if b < 0x80:
+        if b < 0x80 or b >= 0xF8:
             return n
         if b >= 0xC0:  # lead byte: is its sequence complete?
             need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
@@ -60,8 +61,8 @@ class Utf8Decoder:
         except UnicodeDecodeError as err:
             where = self.source if self.source is not None else "input"
             raise OmUserError(
-                f"{where}: invalid UTF-8 at byte offset {self.offset + err.start} "
-                "(--errors replace substitutes U+FFFD)"
+                f"{where}: invalid UTF-8 at byte offset {self.offset + err.start} (errors replace substitutes U+FFFD)",
+                key="errors",
             ) from None
         self._pending = bytes(view[cut:])
         self.offset += cut

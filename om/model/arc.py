@@ -46,7 +46,9 @@ class ARC(nn.Module):
     with small per-head matrices. All passes use one causal mask over the 2S + L rows, so a segment
     row sees the whole read copy of the state and the segment's past, and a write row sees the read
     copy, the whole segment and earlier write rows. Segment rows of the last pass go through
-    `proj_out`, write rows through `proj_state`; read rows are discarded.
+    `proj_out`, write rows through `proj_state`; read rows are discarded, so in the last pass they
+    only give keys and values (the read role projects k|v there, no q). CoPE's bias q . e(p) takes
+    the query before RoPE, so with either encoding the outputs depend on position differences only.
 
     `extend(...)` is the same computation split at any point inside a segment, carrying the
     per-pass key/value cache; `forward` is `extend` on a whole segment with no cache.
@@ -63,25 +65,45 @@ class ARC(nn.Module):
         roles = ROLES if c.state_len > 0 else ("segment",)
         H = c.n_heads
         # Pass 0: one fused q|k|v projection from D per role.
-        width0 = H * (2 * self.dims_key[0] + self.dims_value[0])
-        self.proj_in = nn.ModuleDict({r: nn.Linear(c.dim, width0, bias=False) for r in roles})
+        self.proj_in = nn.ModuleDict({r: nn.Linear(c.dim, H * self.qkv_width(r, 0), bias=False) for r in roles})
         # Passes 1..P-1: per-head fused q|k|v matrices (H, dims_value[p-1], 2*dk + dv) per role.
         self.pass_weights = nn.ModuleList()
         for p in range(1, c.n_passes):
-            d_in, width = self.dims_value[p - 1], 2 * self.dims_key[p] + self.dims_value[p]
-            std = 1.0 / math.sqrt(d_in)
+            d_in, std = self.dims_value[p - 1], 1.0 / math.sqrt(self.dims_value[p - 1])
             self.pass_weights.append(
-                nn.ParameterDict({r: nn.Parameter(torch.randn(H, d_in, width) * std) for r in roles})
+                nn.ParameterDict({r: nn.Parameter(torch.randn(H, d_in, self.qkv_width(r, p)) * std) for r in roles})
             )
         d_out = H * self.dims_value[-1]
         self.proj_out = nn.Linear(d_out, c.dim, bias=False)
         self.proj_state = nn.Linear(d_out, c.dim, bias=False) if c.state_len > 0 else None
         self.rope: list[RoPEEmbeddings] = []
         if "rope" in c.positional:
-            self.rope = [RoPEEmbeddings(dk, c.rope_base, c.rope_fraction) for dk in self.dims_key]
+            # One cos/sin table per pass covers every span extend uses: read -S..-1 to write L..L+S-1.
+            span = (-c.state_len, c.segment_len + c.state_len)
+            self.rope = [RoPEEmbeddings(dk, c.rope_base, c.rope_fraction, span) for dk in self.dims_key]
         self.cope = nn.ModuleList()
         if "cope" in c.positional:
             self.cope = nn.ModuleList(CoPE(dk, c.cope_positions, c.init_std) for dk in self.dims_key)
+
+    def has_query(self, role: str, p: int) -> bool:
+        """Read rows are discarded after the last pass, so they need no query there (and have no weights for one)."""
+        return role != "read" or p < len(self.dims_key) - 1
+
+    def qkv_width(self, role: str, p: int) -> int:
+        """Per-head width of the fused projection of `role` in pass p: q|k|v, or k|v without a query."""
+        return (2 if self.has_query(role, p) else 1) * self.dims_key[p] + self.dims_value[p]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the last pass lost its read-row queries hold q|k|v there: drop q.
+        last, H = len(self.dims_key) - 1, self.n_heads
+        dk, dv = self.dims_key[last], self.dims_value[last]
+        name = prefix + ("proj_in.read.weight" if last == 0 else f"pass_weights.{last - 1}.read")
+        old = state_dict.get(name)
+        if old is not None and last == 0 and old.dim() == 2 and old.shape[0] == H * (2 * dk + dv):
+            state_dict[name] = old.view(H, 2 * dk + dv, -1)[:, dk:].reshape(H * (dk + dv), -1)
+        elif old is not None and last > 0 and old.dim() == 3 and old.shape[2] == 2 * dk + dv:
+            state_dict[name] = old[:, :, dk:]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---------------------------------------------------------------------------------------------
     def forward(self, x: Tensor, state: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
@@ -102,7 +124,7 @@ class ARC(nn.Module):
         # RoPE depends only on position differences, and all rows of one call belong to one
         # segment, so positions are counted from the segment start (offset - seen): the same
         # attention as absolute positions, exact at any offset, and always one contiguous span
-        # (read -S..-1, segment seen..seen+n-1, write L..L+S-1), whose cos/sin tables are cached.
+        # (read -S..-1, segment seen..seen+n-1, write L..L+S-1), sliced from one cos/sin table per pass.
         pieces: list[tuple[str, Tensor]] = []  # (role, rows)
         if cache is None and S > 0:
             pieces.append(("read", state))
@@ -114,31 +136,35 @@ class ARC(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
 
         new_cache = []
-        z: list[Tensor] = []  # per role: (B, H, rows, width) input of the current pass
+        z: list[Tensor] = []  # per piece: (B, H, rows, width) input of the current pass
         for p in range(len(self.dims_key)):
             dk, dv = self.dims_key[p], self.dims_value[p]
             if p == 0:
-                qkv = torch.cat(
-                    [self.proj_in[role](rows).view(B, rows.shape[1], self.n_heads, -1) for role, rows in pieces], dim=1
-                ).transpose(1, 2)
+                projected = [self.proj_in[role](rows).view(B, rows.shape[1], self.n_heads, -1).transpose(1, 2)
+                             for role, rows in pieces]
             else:
-                weights = self.pass_weights[p - 1]
-                qkv = torch.cat([zi @ weights[role].to(zi.dtype) for (role, _), zi in zip(pieces, z)], dim=2)
-            q, k, v = qkv.split((dk, dk, dv), dim=-1)
+                projected = [zi @ self.pass_weights[p - 1][role].to(zi.dtype) for (role, _), zi in zip(pieces, z)]
+            # Read rows (always the first piece) have keys and values but no query in the last pass.
+            keys_only = 1 if pieces[0][0] == "read" and not self.has_query("read", p) else 0
+            q, k, v = torch.cat(projected[keys_only:], dim=2).split((dk, dk, dv), dim=-1)
+            if keys_only:
+                k_read, v_read = projected[0].split((dk, dv), dim=-1)
+                k, v = torch.cat((k_read, k), dim=2), torch.cat((v_read, v), dim=2)
+            cope_query = q  # CoPE's q . e(p) takes the query before RoPE, whose turn would make it see the offset
             if len(self.rope):
-                q = self.rope[p].apply_span(q, first_position)
+                q = self.rope[p].apply_span(q, first_position + (S if keys_only else 0))
                 k = self.rope[p].apply_span(k, first_position)
             if cache is not None:
                 k = torch.cat((cache[p][0], k), dim=2)
                 v = torch.cat((cache[p][1], v), dim=2)
             attended = causal_attention(
-                q, k, v, self.scales[p], dropout_p, self.cope[p] if len(self.cope) else None, backend
+                q, k, v, self.scales[p], dropout_p, self.cope[p] if len(self.cope) else None, backend, cope_query
             )
             if not finish:
                 new_cache.append((k, v))
-            z = list(attended.split([rows.shape[1] for _, rows in pieces], dim=2))
+            z = list(attended.split([rows.shape[1] for _, rows in pieces[keys_only:]], dim=2))
 
-        by_role = {role: zi for (role, _), zi in zip(pieces, z)}
+        by_role = {role: zi for (role, _), zi in zip(pieces[keys_only:], z)}
         y = self.proj_out(by_role["segment"].transpose(1, 2).reshape(B, n, -1))
         next_state = None
         if finish:
@@ -164,7 +190,7 @@ class ARCformer(nn.Module):
         super().__init__()
         c = config
         self.norm_attn = nn.LayerNorm(c.dim, eps=c.norm_eps)
-        self.norm_state = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.norm_state = nn.LayerNorm(c.dim, eps=c.norm_eps) if c.state_len > 0 else None
         self.norm_mlp = nn.LayerNorm(c.dim, eps=c.norm_eps)
         self.arc = ARC(c)
         self.mlp_in = nn.Linear(c.dim, c.mlp_hidden, bias=False)
@@ -175,12 +201,20 @@ class ARCformer(nn.Module):
         if c.state_update == "gated" and c.state_len > 0:
             self.state_gate = nn.Linear(c.dim, c.dim)  # OmLLM starts its bias at +1: keep ~73% of the old state
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before a model without memory lost its unused state norm still hold it.
+        if self.norm_state is None:
+            for name in ("weight", "bias"):
+                state_dict.pop(f"{prefix}norm_state.{name}", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x: Tensor, state: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
         out = self.extend(x, state, offset, cache=None, finish=True)
         return out.y, out.next_state
 
     def extend(self, x: Tensor, state: Tensor, offset: int, cache: SegmentCache | None, finish: bool) -> ARCOutput:
-        out = self.arc.extend(self.norm_attn(x), self.norm_state(state), offset, cache, finish)
+        read = self.norm_state(state) if self.norm_state is not None else state
+        out = self.arc.extend(self.norm_attn(x), read, offset, cache, finish)
         h = x + self.dropout(out.y)
         y = h + self.dropout(self.mlp_out(F.gelu(self.mlp_in(self.norm_mlp(h)))))
         next_state = out.next_state

@@ -1,9 +1,9 @@
 """Causal attention over a segment's rows, continuing any rows already cached.
 
-New rows (n of them) come after `c` cached rows; row i of the new rows sees every cached row and
-new rows 0..i. PyTorch's `scaled_dot_product_attention` is the default kernel; CoPE needs the
-logits themselves, so it takes an explicit (still fused where possible) path; xformers is optional
-and CUDA-only.
+New rows (n of them) come after `c` earlier rows (cached, or read rows that need no query); row i
+of the new rows sees every earlier row and new rows 0..i. PyTorch's `scaled_dot_product_attention`
+is the default kernel; CoPE needs the logits themselves, so it takes an explicit (still fused where
+possible) path; xformers is optional and CUDA-only.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention.bias import causal_lower_right
 
 from om.model.positional import CoPE
 
@@ -41,7 +42,9 @@ def resolve_backend(requested: str, device: torch.device, uses_cope: bool) -> st
         return "sdpa"
     if requested == "xformers":
         if device.type != "cuda":
-            raise RuntimeError(f"attention_backend 'xformers' needs a CUDA device, but the model runs on {device.type}; use 'sdpa' or 'auto'")
+            raise RuntimeError(
+                f"attention_backend 'xformers' needs a CUDA device, but the model runs on {device.type}; use 'sdpa' or 'auto'"
+            )
         if not xformers_available():
             raise RuntimeError("attention_backend 'xformers' needs the xformers package (pip install 'om[xformers]'); use 'sdpa' or 'auto'")
         if uses_cope:
@@ -58,18 +61,21 @@ def causal_attention(
     dropout_p: float = 0.0,
     cope: CoPE | None = None,
     backend: str = "sdpa",
+    cope_query: Tensor | None = None,
 ) -> Tensor:
     """q (B, H, n, dk) for the new rows; k (B, H, c+n, dk), v (B, H, c+n, dv) for cached + new rows.
 
+    `cope_query` (B, H, n, dk): the query CoPE's bias q . e(p) uses, default q. ARC gives the query
+    before RoPE, so that the bias does not depend on where the rows sit in the stream.
     Returns (B, H, n, dv).
     """
     n, total = q.shape[-2], k.shape[-2]
     if cope is not None:
         allowed = causal_allowed(n, total, q.device)
         logits = (q @ k.transpose(-1, -2)) * scale
-        logits = logits + cope(q, logits, allowed) * scale
+        logits = logits + cope(q if cope_query is None else cope_query, logits, allowed) * scale
         logits = logits.masked_fill(~allowed, float("-inf"))
-        weights = torch.softmax(logits.float(), dim=-1).to(v.dtype)
+        weights = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).to(v.dtype)
         if dropout_p > 0:
             weights = F.dropout(weights, p=dropout_p)
         return weights @ v
@@ -79,8 +85,9 @@ def causal_attention(
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
     if n == 1:  # one new row sees everything cached: no mask needed
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
-    mask = causal_allowed(n, total, q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    # New rows after cached ones (or after keys-only read rows): the causal mask aligned bottom-right,
+    # as a CausalBias so that CUDA keeps its fused kernels instead of a materialised mask.
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(n, total), dropout_p=dropout_p, scale=scale)
 
 
 def _xformers_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, dropout_p: float) -> Tensor:

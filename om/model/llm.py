@@ -10,11 +10,12 @@ from torch import Tensor, nn
 from om.model.arc import ARCformer
 from om.model.config import OmConfig
 from om.model.loss import next_token_loss
+from om.model.pretrained import PretrainedMixin
 from om.model.state import OmState
 from om.model.stem import CausalConvStem
 
 
-class OmLLM(nn.Module):
+class OmLLM(PretrainedMixin, nn.Module):
     """An Om language model over token ids (bytes, characters or SentencePiece pieces).
 
     `forward(tokens, state=None) -> (logits, state)`: tokens (B, T) int64, any T >= 1, continuing
@@ -44,7 +45,9 @@ class OmLLM(nn.Module):
                 nn.init.constant_(layer.state_gate.bias, 1.0)  # start by keeping ~73% of the old state
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        # The stem's convolutions too: PyTorch's default init (uniform, bound 1/sqrt(D*k)) and its
+        # biases would otherwise swamp the std-0.02 token embedding they are added to.
+        if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv1d)):
             nn.init.normal_(module.weight, std=self.config.init_std)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)

@@ -18,13 +18,15 @@ class RoPEEmbeddings:
     (whose own `apply` it would shadow).
     """
 
-    def __init__(self, dim: int, base: float = 10000.0, fraction: float = 1.0):
+    def __init__(self, dim: int, base: float = 10000.0, fraction: float = 1.0, span: tuple[int, int] = (0, 0)):
         rot = int(dim * fraction) // 2 * 2
         if rot < 2:
             raise ValueError(f"RoPE needs at least 2 rotated dims, got dim={dim}, fraction={fraction}")
         self.dim, self.rotary_dim, self.base = dim, rot, base
         self.theta = base ** (-torch.arange(0, rot, 2, dtype=torch.float64) / rot)
-        self._span_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+        # Positions [lo, hi) covered by the cos/sin tables of `apply_span`: one table per device and dtype.
+        self._lo, self._hi = span
+        self._tables: dict[tuple, tuple[int, Tensor, Tensor]] = {}  # (device, dtype) -> (lo, cos, sin)
 
     def angles(self, positions: Tensor) -> Tensor:
         """(T,) positions -> (T, rotary_dim/2) rotation angles, in float64 so large offsets stay exact."""
@@ -35,17 +37,21 @@ class RoPEEmbeddings:
         return self._rotate(x, ang.cos().to(x.dtype), ang.sin().to(x.dtype))
 
     def apply_span(self, x: Tensor, start: int) -> Tensor:
-        """`apply` for the contiguous positions start..start+T-1, with cos/sin tables cached.
+        """`apply` for the contiguous positions start..start+T-1, sliced from one cached cos/sin table.
 
-        ARC rotates every pass with positions relative to the segment start, so only a bounded
-        set of spans ever occurs and each table is computed once.
+        The table covers the positions `span` given at construction (ARC gives -S..L+S-1, which
+        holds every span it asks for) and is rebuilt wider if a span outside it is asked for, so
+        there is at most one table per device and dtype, however many spans a caller uses.
         """
-        key = (start, x.shape[-2], x.device, x.dtype)
-        tables = self._span_cache.get(key)
-        if tables is None:
-            ang = self.angles(torch.arange(start, start + x.shape[-2], device=x.device))
-            tables = self._span_cache[key] = (ang.cos().to(x.dtype), ang.sin().to(x.dtype))
-        return self._rotate(x, *tables)
+        end = start + x.shape[-2]
+        key = (x.device, x.dtype)
+        table = self._tables.get(key)
+        if table is None or start < table[0] or end > table[0] + table[1].shape[0]:
+            self._lo, self._hi = min(self._lo, start), max(self._hi, end)
+            ang = self.angles(torch.arange(self._lo, self._hi, device=x.device))
+            table = self._tables[key] = (self._lo, ang.cos().to(x.dtype), ang.sin().to(x.dtype))
+        lo, cos, sin = table
+        return self._rotate(x, cos[start - lo : end - lo], sin[start - lo : end - lo])
 
     def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
@@ -65,7 +71,9 @@ class CoPE(nn.Module):
     between the two nearest integer positions; the result q_i . e(p_ij) is an additive logit bias.
 
     `forward(q, logits, allowed)`: q (B, H, Tq, d), logits (B, H, Tq, Tk) scaled attention logits,
-    allowed (Tq, Tk) bool (True where key j is visible to query i) -> bias (B, H, Tq, Tk).
+    allowed (Tq, Tk) bool (True where key j is visible to query i) -> bias (B, H, Tq, Tk) in q's
+    dtype. Gates, positions and the interpolation are computed in float32 (or wider) whatever the
+    input dtype, so bf16 autocast does not round positions.
     """
 
     def __init__(self, head_dim: int, max_positions: int, init_std: float = 0.02):
@@ -74,14 +82,17 @@ class CoPE(nn.Module):
         self.pos_emb = nn.Parameter(torch.randn(max_positions, head_dim) * init_std)
 
     def forward(self, q: Tensor, logits: Tensor, allowed: Tensor) -> Tensor:
-        gates = torch.sigmoid(logits.masked_fill(~allowed, float("-inf")))
+        # Gates and positions in float32 at least: in bf16 (autocast) a sum of many gates is rounded
+        # to 3 significant digits, which moves positions by whole units.
+        wide = torch.promote_types(logits.dtype, torch.float32)
+        gates = torch.sigmoid(logits.to(wide).masked_fill(~allowed, float("-inf")))
         # Reverse cumulative sum over keys: p_ij = sum_{k >= j} g_ik, and g_ik = 0 for k > i.
         pos = gates.flip(-1).cumsum(-1).flip(-1).clamp(max=self.max_positions - 1)
         lo = pos.floor()
         frac = pos - lo
         lo = lo.long()
         hi = (lo + 1).clamp(max=self.max_positions - 1)
-        per_position = q @ self.pos_emb.to(q.dtype).t()  # (B, H, Tq, max_positions)
+        per_position = (q @ self.pos_emb.to(q.dtype).t()).to(wide)  # (B, H, Tq, max_positions)
         bias_lo = per_position.gather(-1, lo)
         bias_hi = per_position.gather(-1, hi)
-        return bias_lo + frac.to(q.dtype) * (bias_hi - bias_lo)
+        return (bias_lo + frac * (bias_hi - bias_lo)).to(q.dtype)  # back to the dtype of the logits it joins

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from om.model.config import OmConfig
 from om.errors import OmUserError
+from om.model.config import OmConfig
 
 FLOAT_BYTES = 4  # parameters, gradients, optimizer state and activations are float32
 
@@ -24,13 +24,15 @@ def parameter_count(c: OmConfig) -> int:
     embed = c.padded_vocab_size * D
     head = 0 if c.tie_embeddings else c.padded_vocab_size * D
     stem = sum(D * D * k + D for k in c.stem_kernels)
-    arc = roles * D * H * (2 * c.dims_key[0] + c.dims_value[0])
-    for p in range(1, c.n_passes):
-        arc += roles * H * c.dims_value[p - 1] * (2 * c.dims_key[p] + c.dims_value[p])
+    d_in = [D] + c.dims_value[:-1]  # what each pass projects, per head
+    arc = sum(roles * H * d_in[p] * (2 * c.dims_key[p] + c.dims_value[p]) for p in range(c.n_passes))  # q|k|v per role
+    if S > 0:
+        arc -= H * d_in[-1] * c.dims_key[-1]  # read rows have no query in the last pass
     arc += (2 if S > 0 else 1) * H * c.dims_value[-1] * D  # proj_out (+ proj_state)
     if "cope" in c.positional:
         arc += sum(c.cope_positions * dk for dk in c.dims_key)
-    layer = 3 * 2 * D + arc + 2 * D * c.mlp_hidden + S * D  # three LayerNorms, ARC, MLP, initial state
+    norms = 3 if S > 0 else 2  # before ARC, before the MLP, and on the state where it is read
+    layer = norms * 2 * D + arc + 2 * D * c.mlp_hidden + S * D  # LayerNorms, ARC, MLP, initial state
     if c.state_update == "gated" and S > 0:
         layer += D * D + D  # the state gate
     return embed + head + stem + c.n_layers * layer + 2 * D

@@ -26,7 +26,8 @@ class Batch:
 
 
 class BatchSampler:
-    """Windows of `seq_len + 1` tokens from a 1-D token array.
+    """Windows of `seq_len + 1` tokens from a 1-D token sequence: a numpy array or memmap, or a
+    `BytesSplit` (anything with `len()` whose `[a:b]` is an ndarray).
 
     mode "reset": every (step, micro) draws `batch_size` random window starts from
     PCG64([seed, step, micro]). mode "carry": there are `batch_size * grad_accum` streams; stream r
@@ -68,14 +69,6 @@ class BatchSampler:
         return Batch(window[:, :-1], window[:, 1:], starts, reset)
 
 
-def eval_windows(tokens: np.ndarray, max_tokens: int, rows: int) -> torch.Tensor:
-    """The first `max_tokens` (+1 for the last target) tokens of a split as `rows` contiguous
-    streams of equal length: (rows, n + 1) int64. Fewer rows when the split is short."""
-    total = min(len(tokens), max_tokens + 1)
-    rows = max(1, min(rows, (total - 1) // 2))
-    n = (total - 1) // rows
-    if n < 1:
-        raise OmUserError(f"the val split has {len(tokens)} tokens; at least 2 are needed to evaluate")
-    data = np.asarray(tokens[: rows * n + 1]).astype(np.int64)
-    out = np.stack([data[r * n : r * n + n + 1] for r in range(rows)])
-    return torch.from_numpy(out)
+def byte_count(codec, targets: torch.Tensor) -> int:
+    """Original bytes a batch's target ids stand for (special ids count 0)."""
+    return int(codec.byte_count(targets.reshape(-1).cpu().numpy()))

@@ -92,7 +92,8 @@ class Distributed:
                 )
             index = device.index if device.index is not None else self.local_rank
             if index >= torch.cuda.device_count():
-                raise OmUserError(f"rank {self.rank}: LOCAL_RANK {self.local_rank} has no GPU (this machine has {torch.cuda.device_count()})")
+                count = torch.cuda.device_count()
+                raise OmUserError(f"rank {self.rank}: LOCAL_RANK {self.local_rank} has no GPU (this machine has {count})")
             self.device = torch.device("cuda", index)
             torch.cuda.set_device(self.device)
         backend = section.backend

@@ -3,51 +3,36 @@
 from __future__ import annotations
 
 import base64
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 import om
-from om.checkpoint import (
-    CHECKPOINTS_DIR,
-    list_checkpoints,
-    load_extra_tensors,
-    load_weights,
-    load_optimizer_state,
-    newest_complete_checkpoint,
-    prune_checkpoints,
-    remove_stale_temporaries,
-    resolve_checkpoint,
-    save_checkpoint,
-    step_dir_name,
-    verify_checkpoint,
-    write_latest,
-)
-from om.model.config import OmConfig
+from om.checkpoint import load_extra_tensors, load_optimizer_state, load_weights
 from om.device import resolve_device
-from om.errors import OmRunError, OmUserError
+from om.errors import OmRunError, OmUserError, renamed_keys
+from om.model import OmLLM
+from om.model.config import OmConfig
 from om.model.loss import next_token_loss
 from om.model.sizing import check_fits, training_estimate
-from om.model import OmLLM
 from om.model.state import OmState
-from om.train.batches import BatchSampler
-from om.train.recipe_data import resolve_dataset
+from om.train.batches import BatchSampler, byte_count
 from om.train.distributed import Distributed
-from om.train.validation import autocast, byte_count, evaluate, tokens_for_bytes
+from om.train.model_card import CARD_FILE, model_card
 from om.train.optim import make_optimizer
+from om.train.precision import autocast
+from om.train.progress import ProgressDisplay
 from om.train.recipe import Recipe
+from om.train.recipe_data import resolve_dataset
+from om.train.run_folder import ResumeDecision, RunFolder, stop_reached
 from om.train.schedule import budget_progress, learning_rate
 from om.train.signals import StopSignals
-
-METRICS_FILE = "metrics.jsonl"
-RECIPE_FILE = "recipe.yaml"
+from om.train.sinks import Sinks, check_sinks
+from om.train.validation import slice_tokens, validate
 
 
 @dataclass
@@ -66,6 +51,9 @@ class TrainResult:
     sample: str | None = None
     notes: list[str] = field(default_factory=list)
     skipped: int = 0  # steps whose NaN/inf loss was skipped (train.on_nonfinite_loss: skip), across resumes
+    trained_steps: int = 0  # steps this call trained (0: nothing was left to train)
+    complete: str | None = None  # the stop rule that ended the run ("train.max_steps 20"); None if stopped early
+    already_complete: bool = False  # the run folder's checkpoint had already reached the stop rule: nothing was trained
 
 
 @dataclass
@@ -115,37 +103,16 @@ def _set_rng_state(rng: dict) -> None:
         torch.cuda.set_rng_state_all(states[: torch.cuda.device_count()])
 
 
-def _config_diff(a: OmConfig, b: OmConfig) -> str:
-    da, db = a.to_dict(), b.to_dict()
-    keys = [k for k in da if da.get(k) != db.get(k)]
-    return ", ".join(f"model.{k}: {da[k]!r} in the recipe vs {db.get(k)!r}" for k in keys[:3])
-
-
-def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _dict_diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}")
-    return out
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after `step` (by a run that went on past its last checkpoint)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            continue
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+def already_complete_message(run_dir: Path, checkpoint: Path, step: int, rule: str) -> str:
+    """What `om train` says (on stderr) when the checkpoint it would continue already reached the
+    stop rule `rule` ("train.max_steps 20"): nothing is trained."""
+    key, value = rule.split(" ", 1)
+    more = float(value) * 2
+    hint = f"--set {key}={int(more) if more.is_integer() else more:g}"
+    return (
+        f"{run_dir}: already complete at step {step} ({rule} reached by {checkpoint}); nothing was trained; "
+        f"raise the stop rule to train further (e.g. {hint}), or use --out DIR for a new run"
+    )
 
 
 class Trainer:
@@ -156,6 +123,11 @@ class Trainer:
     (None: silent))`; `.run(stop_at_step=None, on_log=None) -> TrainResult`. `stop_at_step`
     behaves like a signal arriving during that step (a checkpoint is saved and the run stops);
     tests use it. `on_log` receives every train record written to metrics.jsonl.
+
+    `resume="auto"` continues the run folder's checkpoint only if it was trained with the same
+    recipe, keys that may change between a run and its continuation aside (see
+    `om.train.run_folder.CONTINUATION_KEYS`); a run whose checkpoint already reached the stop rule
+    trains nothing, says so and returns that checkpoint (`TrainResult.already_complete`).
     """
 
     def __init__(
@@ -169,41 +141,29 @@ class Trainer:
     ):
         self.recipe, self.source = recipe, source
         self.run_dir = Path(run_dir)
+        self.folder = RunFolder(self.run_dir)
         self.resume = resume
         self.show_progress = recipe.out.progress if progress is None else progress
         # Messages and the progress bar share one rich console (stderr), so they do not garble it.
         self.console = console
-        self.log = (lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)) if console is not None else (lambda text: None)
+        if console is not None:
+            self.log = lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            self.log = lambda text: None
         self.notes: list[str] = []
         self.last_checkpoint: Path | None = None  # the newest checkpoint written or resumed from
 
     # Setup -----------------------------------------------------------------------------------------
-    def _find_resume(self) -> Path | None:
-        ckpt_dir = self.run_dir / CHECKPOINTS_DIR
-        if self.resume == "never":
-            if list_checkpoints(ckpt_dir) or (self.run_dir / METRICS_FILE).is_file():
-                raise OmUserError(
-                    f"{self.run_dir}: already holds a run; resume it with --resume auto, or choose another --out"
-                )
-            return None
-        if self.dist.is_main:  # leftovers of a writer killed mid-checkpoint (SIGKILL, power loss)
-            remove_stale_temporaries(ckpt_dir)
-        if self.resume == "auto":
-            # The newest checkpoint whose checksums all match: a damaged newer one is passed over.
-            found, passed_over = newest_complete_checkpoint(ckpt_dir)
-            self.notes.extend(f"passed over an incomplete checkpoint: {why}" for why in passed_over)
-            if found is None and passed_over:
-                raise OmUserError(f"{ckpt_dir}: no complete checkpoint to resume from ({passed_over[0]}); use another --out")
-            return found
-        return resolve_checkpoint(self.resume)
-
     def _setup(self) -> None:
         r = self.recipe
         t = r.train
+        check_sinks(r.out.log_sinks, self.source)  # before anything is prepared or written
         if t.threads:
             torch.set_num_threads(t.threads)
         # Under torchrun: join the process group; only rank 0 prints, logs and writes files.
-        self.dist = Distributed.setup(r.distributed, resolve_device(t.device, "train.device"))
+        with renamed_keys({"device": "train.device"}, where=self.source):
+            device = resolve_device(t.device)
+        self.dist = Distributed.setup(r.distributed, device)
         self.device = self.dist.device
         # Refuse a model that cannot fit before preparing data or allocating anything.
         check_fits(training_estimate(r.model, t.micro_batch_size, t.segments_per_sample * r.model.segment_len), self.device, self.source)
@@ -225,7 +185,11 @@ class Trainer:
         self.seq_len = t.segments_per_sample * self.config.segment_len
         self.sampler = BatchSampler(self.dataset.split("train"), self.seq_len, t.micro_batch_size, t.grad_accum, t.seed, t.state)
         self.micros = self.dist.micro_indices(t.grad_accum)  # this rank's micro batches of every step
-        self.resume_from = self._find_resume()
+        self.decision = self.folder.decide_resume(
+            self.resume, self.config, r, self.dataset.fingerprint, self.source, clean=self.dist.is_main
+        )
+        self.resume_from = self.decision.checkpoint
+        self.notes.extend(self.decision.notes)
 
         torch.manual_seed(t.seed)
         self.model = OmLLM(self.config).to(self.device)
@@ -234,38 +198,20 @@ class Trainer:
         self.last_val: tuple[int, dict] | None = None  # (step, eval result) of the latest evaluation
         self.carried: list[OmState | None] = [None] * t.grad_accum
         if self.resume_from is not None:
-            self._load_resume(self.resume_from)
+            self._load_resume(self.decision)
         self.dist.fork_rng(t.seed, self.p.step)
         model = self.dist.wrap(self.model, self.seq_len)
         self.step_model = torch.compile(model) if t.compile else model
 
         self.dist.barrier()  # every rank has read the run folder (resume) before rank 0 writes to it
-        self.metrics_path = self.run_dir / METRICS_FILE
+        self.sinks = None
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.run_dir / (RECIPE_FILE + ".tmp")
-            tmp.write_text(f"# Resolved recipe of this run (from {self.source}); train it again with `om train` on this file.\n" + r.to_yaml())
-            os.replace(tmp, self.run_dir / RECIPE_FILE)
-            if self.resume_from is None:
-                self.metrics_path.write_text("")
-            else:
-                _truncate_metrics(self.metrics_path, self.p.step)
+            self.folder.write_recipe(r.to_yaml(), self.source)
+            # Each sink starts empty, or drops what a run that went on past the checkpoint logged.
+            self.sinks = Sinks(r.out.log_sinks, self.folder, None if self.resume_from is None else self.p.step)
 
-    def _load_resume(self, folder: Path) -> None:
-        trainer = verify_checkpoint(folder)
-        saved = OmConfig.load(folder / "config.json")
-        if saved != self.config:
-            raise OmUserError(
-                f"{self.source}: the model section differs from the checkpoint {folder} ({_config_diff(self.config, saved)}); "
-                "use --out for a new run"
-            )
-        fp = (trainer.get("dataset") or {}).get("fingerprint")
-        if fp and fp != self.dataset.fingerprint:
-            self.notes.append(f"the dataset differs from the one {folder} was trained on")
-        if trainer.get("state_mode") != self.recipe.train.state:
-            raise OmUserError(
-                f"{self.source}: train.state: {self.recipe.train.state!r} but {folder} was trained with {trainer.get('state_mode')!r}"
-            )
+    def _load_resume(self, decision: ResumeDecision) -> None:
+        folder, trainer = decision.checkpoint, decision.trainer
         load_weights(self.model, folder / "model.safetensors", self.device)
         load_optimizer_state(folder, self.optimizer)
         self.p = _Progress(
@@ -288,23 +234,12 @@ class Trainer:
                 if not part:
                     raise OmUserError(f"{folder}/state.safetensors: no carried state for micro batch {m}")
                 self.carried[m] = OmState.from_dict(part)
-        changed = _dict_diff(self.recipe.to_dict(), trainer.get("recipe") or {})
-        if changed:
-            self.notes.append("recipe keys changed since the checkpoint: " + ", ".join(changed[:6]))
 
     # Pieces -----------------------------------------------------------------------------------------
     def _progress_fraction(self, elapsed: float, warmup: bool = True) -> float:
         t = self.recipe.train
         warmup_steps = t.warmup_steps if warmup else 0
         return budget_progress(self.p.step, self.p.bytes, elapsed, t.max_steps, t.max_bytes, t.max_minutes, warmup_steps)
-
-    def _done(self, elapsed: float) -> bool:
-        t = self.recipe.train
-        return (
-            (t.max_steps is not None and self.p.step >= t.max_steps)
-            or (t.max_bytes is not None and self.p.bytes >= t.max_bytes)
-            or (t.max_minutes is not None and elapsed >= 60.0 * t.max_minutes)
-        )
 
     def _elapsed(self, start_wall: float) -> float:
         """Wall-clock of the run so far. With a max_minutes budget it drives the learning rate and
@@ -313,10 +248,9 @@ class Trainer:
         return self.dist.max(elapsed) if self.recipe.train.max_minutes is not None else elapsed
 
     def _write(self, record: dict) -> None:
-        if not self.dist.is_main:
-            return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Give a record to the recipe's log sinks (rank 0 only)."""
+        if self.sinks is not None:
+            self.sinks.write(record)
 
     def _train_step(self, lr: float) -> dict:
         t = self.recipe.train
@@ -368,17 +302,19 @@ class Trainer:
         (train.on_nonfinite_loss: stop, or past train.max_skips), or count it as skipped."""
         t = self.recipe.train
         kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was saved"
+        # --resume auto refuses a changed lr: continuing the checkpoint with a lower one needs --resume CKPT.
+        lower = f"lower train.lr and continue with --resume {self.last_checkpoint}" if self.last_checkpoint else "lower train.lr"
         if t.on_nonfinite_loss == "stop":
             raise OmRunError(
                 f"{self.source}: step {self.p.step}: the {what}; training stopped ({kept}); "
-                "lower train.lr, or set train.on_nonfinite_loss: skip"
+                f"{lower}, or set train.on_nonfinite_loss: skip"
             )
         self.p.skipped += 1
         self._write({"event": "skip", "step": self.p.step, "reason": what, "skipped": self.p.skipped})
         if self.p.skipped > t.max_skips:
             raise OmRunError(
                 f"{self.source}: step {self.p.step}: the {what}; {self.p.skipped} steps skipped, more than "
-                f"train.max_skips ({t.max_skips}); training stopped ({kept}); lower train.lr"
+                f"train.max_skips ({t.max_skips}); training stopped ({kept}); {lower}"
             )
         self.log(f"step {self.p.step}: the {what}; step skipped ({self.p.skipped} so far)")
 
@@ -410,9 +346,28 @@ class Trainer:
             "world_size": self.dist.world,  # for information: any process count dividing grad_accum resumes it
         }
 
-    def _save(self) -> Path:
+    def _card(self, stop: str | None) -> str:
+        """The README.md model card of the final checkpoint at this step."""
+        from om.model.sizing import parameter_count
+
+        ds = self.dataset
+        dataset = {"path": str(ds.path), "fingerprint": ds.fingerprint}
+        for split in ("train", "val"):
+            dataset[f"{split}_tokens"], dataset[f"{split}_bytes"] = ds.num_tokens(split), ds.num_bytes(split)
+        return model_card(
+            self.folder.checkpoint_path(self.p.step),
+            self.recipe.to_dict(),
+            self._trainer_meta(),
+            parameter_count(self.config),
+            {"name": self.codec.name, "vocab_size": self.codec.vocab_size},
+            dataset,
+            stop,
+        )
+
+    def _save(self, final: str | None = None) -> Path:
         """Write a checkpoint (rank 0; every rank must call this, since rank 0 collects the carried
-        state of every rank's micro batches) and return its path."""
+        state of every rank's micro batches) and return its path. `final`: the stop rule that ended
+        the run; the checkpoint then gets the README.md model card."""
         t = self.recipe.train
         tensors = None
         if t.state == "carry":
@@ -421,12 +376,11 @@ class Trainer:
                 if state is not None:
                     tensors.update({f"carry.{m}.{k}": v for k, v in state.to_dict().items()})
             tensors = self.dist.gather_tensors(tensors)
-        ckpt_dir = self.run_dir / CHECKPOINTS_DIR
         if not self.dist.is_main:
-            return ckpt_dir / step_dir_name(self.p.step)
+            return self.folder.checkpoint_path(self.p.step)
         try:
-            path = save_checkpoint(
-                ckpt_dir / step_dir_name(self.p.step),
+            path = self.folder.save_checkpoint(
+                self.p.step,
                 self.model,
                 self.config,
                 self.codec,
@@ -434,13 +388,15 @@ class Trainer:
                 optimizer=self.optimizer,
                 dataset={"path": str(self.dataset.path), "fingerprint": self.dataset.fingerprint},
                 tensors=tensors,
+                extra_files={CARD_FILE: self._card(final)} if final else None,
             )
-            write_latest(ckpt_dir, path)
         except OmRunError as err:  # e.g. a full disk: say what is still there to resume from
             kept = f"the previous checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else "no earlier checkpoint"
             raise OmRunError(f"{err}; {kept}") from None
         self.last_checkpoint = path
-        prune_checkpoints(ckpt_dir, t.keep_last, protect=path)
+        self.folder.prune(t.keep_last, protect=path)
+        if self.sinks is not None:
+            self.sinks.flush()  # what the checkpoint has seen is on disk in every sink
         return path
 
     def _eval(self) -> dict | None:
@@ -449,11 +405,15 @@ class Trainer:
             return None
         t = self.recipe.train
         val_split = self.dataset.split("val")
-        n_tokens = t.eval_tokens if t.eval_bytes is None else tokens_for_bytes(self.codec, val_split, t.eval_bytes)
-        val = evaluate(self.model, self.codec, val_split, n_tokens, t.eval_batch, self.device, t.precision)
+        val = validate(self.model, self.codec, val_split, slice_tokens(t, self.codec, val_split), t.eval_batch)
         record = {"event": "eval", "step": self.p.step, "bytes": self.p.bytes, **val, "elapsed_s": round(self.p.elapsed_s, 3)}
         self._write(record)
-        self.log(f"step {self.p.step}: val bits/byte {val['val_bpb']:.4f} (val loss {val['val_loss']:.4f} nats/token)")
+        sl = val["val_slice"]
+        self.log(
+            f"step {self.p.step}: val bits/byte {val['val_bpb']:.4f} (val loss {val['val_loss']:.4f} nats/token; "
+            f"first {sl['tokens']} val tokens as {sl['streams']} streams: om eval CKPT --val-tokens {sl['tokens']} "
+            f"--val-streams {sl['streams']})"
+        )
         return val
 
     def _log_window(self, lr: float, grad_norm: float | None) -> dict:
@@ -477,25 +437,43 @@ class Trainer:
 
     # The loop ---------------------------------------------------------------------------------------
     def run(self, stop_at_step: int | None = None, on_log: Callable[[dict], None] | None = None) -> TrainResult:
+        """Train until the recipe's stop rule, a signal or `stop_at_step`; see the class docstring."""
         self._setup()
+        try:
+            return self._run(stop_at_step, on_log)
+        finally:
+            if self.sinks is not None:
+                self.sinks.close()
+
+    def _run(self, stop_at_step: int | None, on_log: Callable[[dict], None] | None) -> TrainResult:
         t = self.recipe.train
         result = TrainResult(self.run_dir, None, self.p.step, resumed_from=self.resume_from, notes=self.notes)
         if self.resume_from is not None:
             self.log(f"resuming from {self.resume_from} at step {self.p.step}")
         for note in self.notes:
             self.log("note: " + note)
+        first_step = self.p.step
         last_saved = self.resume_from if self.resume_from is not None else None
         self.last_checkpoint = last_saved
         saved_step = self.p.step if self.resume_from is not None else None
         evaluated_step, result.val = self.last_val if self.last_val else (None, None)
-        record = None
-        stopped = False
         self.last_lr, self.last_grad_norm = t.lr, None
-        bar = _ProgressBar(self.show_progress, self.console)
+
+        def log_window(lr, grad_norm) -> None:
+            record = self._log_window(lr, grad_norm)
+            display.record(record, self._progress_fraction(self.p.elapsed_s, warmup=False))
+            if on_log:
+                on_log(record)
+
+        display = ProgressDisplay(
+            self.show_progress, self.console, t.max_steps, self._progress_fraction(self.p.elapsed_s, warmup=False)
+        )
         start_wall = time.perf_counter() - self.p.elapsed_s
         # Under torchrun a Ctrl-C reaches each rank twice (from the terminal and from torchrun): not an abort.
-        with StopSignals(abort_on_repeat=not self.dist.active) as signals, bar:
-            while not self._done(elapsed := self._elapsed(start_wall)):
+        with StopSignals(abort_on_repeat=not self.dist.active) as signals, display:
+            finished = self._finished(self._elapsed(start_wall))  # the stop rule reached (None: not yet)
+            while finished is None:
+                elapsed = self._elapsed(start_wall)
                 lr = learning_rate(self.p.step, self._progress_fraction(elapsed), t.lr, t.min_lr, t.warmup_steps, t.decay)
                 t0 = time.perf_counter()
                 out = self._train_step(lr)
@@ -516,83 +494,46 @@ class Trainer:
                 if out["nonfinite"] is not None:
                     self._nonfinite(out["nonfinite"])
                 if self.p.step % t.log_every == 0:
-                    record = self._log_window(lr, out["grad_norm"])
-                    if on_log:
-                        on_log(record)
-                bar.update(self.p, self._progress_fraction(self.p.elapsed_s, warmup=False), out, lr)
+                    log_window(lr, out["grad_norm"])
+                display.update(self.p, self._progress_fraction(self.p.elapsed_s, warmup=False), out, lr)
                 if t.eval_every and self.p.step % t.eval_every == 0:
                     result.val = self._eval()
                     evaluated_step = self.p.step
                     self.last_val = (evaluated_step, result.val)
+                # Decided once per step, the same on every rank: the last step goes to the final save below.
+                finished = self._finished(self._elapsed(start_wall))
+                if finished is not None:
+                    break
                 signals.received = self.dist.agree_signal(signals.received)  # all ranks stop after the same step
                 stop_now = signals.received is not None or (stop_at_step is not None and self.p.step >= stop_at_step)
                 if stop_now or (t.checkpoint_every and self.p.step % t.checkpoint_every == 0):
                     self.p.elapsed_s = time.perf_counter() - start_wall
                     last_saved, saved_step = self._save(), self.p.step
                 if stop_now:
-                    stopped = True
                     result.interrupted = signals.received
                     result.exit_code = signals.exit_code if signals.received is not None else 0
                     break
-            if not stopped:
+            if finished is not None:
                 if self.p.window["steps"]:
-                    record = self._log_window(self.last_lr, self.last_grad_norm)
-                    if on_log:
-                        on_log(record)
+                    log_window(self.last_lr, self.last_grad_norm)
                 if evaluated_step != self.p.step:
                     result.val = self._eval()
                     self.last_val = (self.p.step, result.val)
                 if saved_step != self.p.step or last_saved is None:
                     self.p.elapsed_s = time.perf_counter() - start_wall
-                    last_saved = self._save()
+                    last_saved = self._save(final=finished)
         result.checkpoint = last_saved
         result.step = self.p.step
         result.skipped = self.p.skipped
+        result.trained_steps = self.p.step - first_step
+        result.complete = finished
+        result.already_complete = finished is not None and result.trained_steps == 0 and self.resume_from is not None
+        if result.already_complete:
+            self.log(already_complete_message(self.run_dir, self.resume_from, self.p.step, finished))
         result.bytes_per_s = self.p.bytes / self.p.train_s if self.p.train_s > 0 else 0.0
         self.dist.close()
         return result
 
-
-class _ProgressBar:
-    """A rich progress bar on stderr (step, loss, bits/byte, lr, bytes/s, ETA), or nothing."""
-
-    def __init__(self, enabled: bool, console=None) -> None:
-        self.enabled = enabled
-        self.progress = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("step {task.fields[step]}"),
-            BarColumn(bar_width=12),
-            TextColumn("loss {task.fields[loss]} | {task.fields[bpb]} bpb | lr {task.fields[lr]} | {task.fields[speed]} B/s | ETA"),
-            TimeRemainingColumn(),
-            console=console if console is not None else Console(stderr=True),
-            transient=False,
-        )
-        self.task = self.progress.add_task("train", total=1000, step=0, loss="-", bpb="-", lr="-", speed="-")
-
-    def __enter__(self):
-        if self.progress is not None:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.stop()
-
-    def update(self, p: _Progress, fraction: float, out: dict, lr: float) -> None:
-        if self.progress is None:
-            return
-        loss = out["nats"] / max(1, out["tokens"])
-        self.progress.update(
-            self.task,
-            completed=int(1000 * fraction),
-            step=p.step,
-            loss=f"{loss:.3f}",
-            bpb=f"{out['nats'] / math.log(2) / max(1, out['bytes']):.3f}",
-            lr=f"{lr:.1e}",
-            speed=f"{p.bytes / p.train_s:,.0f}" if p.train_s else "-",
-        )
+    def _finished(self, elapsed: float) -> str | None:
+        """The stop rule the run has reached at wall-clock `elapsed`, or None."""
+        return stop_reached(self.p.step, self.p.bytes, elapsed, self.recipe.train)

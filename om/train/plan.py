@@ -3,21 +3,21 @@
 The recipe is validated, the data resolved (an existing dataset opened; sources checked and their
 cache folder named, not prepared), the model configuration completed with the codec's vocabulary,
 the parameters counted and the memory estimated and compared with what the device has free, and
-what `--resume` would continue from is found. Any problem is the same `OmUserError` the run
-would raise.
+the run's resume decision made (`RunFolder.decide_resume`: the checkpoint `--resume` would
+continue, checked against the recipe, and whether it is already complete). Any problem is the
+same `OmUserError` the run would raise.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from om.checkpoint import CHECKPOINTS_DIR, list_checkpoints, newest_complete_checkpoint, resolve_checkpoint
+from om.errors import OmUserError, renamed_keys
 from om.model.config import OmConfig
-from om.errors import OmUserError
 from om.model.sizing import available_bytes, check_fits, parameter_count, training_estimate
 from om.train.recipe import Recipe, expand_path
-
-METRICS_FILE = "metrics.jsonl"
+from om.train.run_folder import RunFolder
+from om.train.sinks import check_sinks
 
 
 def _default_vocab(codec: str, vocab_size: int | None) -> int:
@@ -65,6 +65,7 @@ def _data(recipe: Recipe, source: str) -> dict:
                 "vocab_size": _default_vocab(data.codec, data.vocab_size),
                 "train_tokens": None,
                 "val_tokens": None,
+                "fingerprint": None,
             }
     return {
         "dataset": str(found.path),
@@ -73,33 +74,21 @@ def _data(recipe: Recipe, source: str) -> dict:
         "vocab_size": found.codec.vocab_size,
         "train_tokens": found.num_tokens("train"),
         "val_tokens": found.num_tokens("val"),
+        "fingerprint": found.fingerprint,
         "_split": found.split("train"),
     }
 
 
-def _resume(run_dir: Path, resume: str) -> str | None:
-    """The checkpoint the run would continue from (None: a fresh start); read-only."""
-    ckpt_dir = run_dir / CHECKPOINTS_DIR
-    if resume == "never":
-        if list_checkpoints(ckpt_dir) or (run_dir / METRICS_FILE).is_file():
-            raise OmUserError(f"{run_dir}: already holds a run; resume it with --resume auto, or choose another --out")
-        return None
-    if resume == "auto":
-        found, passed_over = newest_complete_checkpoint(ckpt_dir)
-        if found is None and passed_over:
-            raise OmUserError(f"{ckpt_dir}: no complete checkpoint to resume from ({passed_over[0]}); use another --out")
-        return str(found) if found is not None else None
-    return str(resolve_checkpoint(resume))
-
-
 def plan_run(recipe: Recipe, run_dir: str | Path, resume: str = "auto", source: str = "recipe") -> dict:
     """Check everything a run of `recipe` into `run_dir` would check first; return the plan as a
-    JSON-ready dict (run_dir, device, data, model, parameters, memory, resume, recipe)."""
-    from om.train.batches import BatchSampler
+    JSON-ready dict (run_dir, resume_from, resume, device, data, model, parameters, memory, recipe)."""
     from om.device import resolve_device
+    from om.train.batches import BatchSampler
 
     t = recipe.train
-    device = resolve_device(t.device, "train.device")
+    check_sinks(recipe.out.log_sinks, source)
+    with renamed_keys({"device": "train.device"}, where=source):
+        device = resolve_device(t.device)
     seq_len = t.segments_per_sample * recipe.model.segment_len
     check_fits(training_estimate(recipe.model, t.micro_batch_size, seq_len), device, source)
     data = _data(recipe, source)
@@ -116,10 +105,13 @@ def plan_run(recipe: Recipe, run_dir: str | Path, resume: str = "auto", source: 
     check_fits(estimate, device, source)
     free = available_bytes(device)
     resolved = recipe.model_copy(update={"model": config})
+    # The run's own decision, made without removing anything (the run removes dead writers' leftovers).
+    decision = RunFolder(run_dir).decide_resume(resume, config, resolved, data["fingerprint"], source)
     return {
         "run_dir": str(run_dir),
         "run_dir_exists": Path(run_dir).exists(),
-        "resume_from": _resume(Path(run_dir), resume),
+        "resume_from": str(decision.checkpoint) if decision.checkpoint is not None else None,
+        "resume": {"step": decision.step, "complete": decision.complete, "notes": decision.notes},
         "device": str(device),
         "data": data,
         "model": config.to_dict(),

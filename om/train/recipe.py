@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import reprlib
 import json
 import os
 import re
+import reprlib
 import sysconfig
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +21,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from om.errors import OmUserError, renamed_keys
 from om.model.config import OmConfig
-from om.errors import OmUserError
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -39,6 +39,13 @@ STDLIB_EXCLUDES = [
     "pydoc_data",
     "__pycache__",
 ]
+
+# Keys of `data` that say how `data.sources` are prepared. A prepared `data.dataset` already has its
+# codec and was split when it was prepared, so they are refused next to it rather than ignored.
+PREPARE_OPTIONS = ("codec", "vocab_size", "include", "exclude", "stdlib_excludes", "val_fraction", "errors")
+
+# Where training metrics go (`out.log_sinks`): metrics.jsonl, train.csv/eval.csv, TensorBoard events.
+LOG_SINKS = ("jsonl", "csv", "tensorboard")
 
 
 class DataSection(BaseModel):
@@ -57,8 +64,12 @@ class DataSection(BaseModel):
     include: list[str] = Field(default_factory=list, description="glob patterns of files to take from source folders")
     exclude: list[str] = Field(default_factory=list, description="glob patterns of files to skip")
     stdlib_excludes: bool = Field(True, description="add the standard excludes when a source is {stdlib}")
-    val_fraction: float | None = Field(None, gt=0.0, lt=1.0, description="share of the data held out for validation (default: om prepare's)")
-    errors: Literal["strict", "replace"] = Field("strict", description="invalid UTF-8 for chars/sentencepiece: strict (an error) or replace (U+FFFD)")
+    val_fraction: float | None = Field(
+        None, gt=0.0, lt=1.0, description="share of the data held out for validation (default: om prepare's)"
+    )
+    errors: Literal["strict", "replace"] = Field(
+        "strict", description="invalid UTF-8 for chars/sentencepiece: strict (an error) or replace (U+FFFD)"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSection":
@@ -75,7 +86,9 @@ class TrainSection(BaseModel):
     model_config = _STRICT
 
     micro_batch_size: int = Field(8, ge=1, description="samples per forward/backward")
-    grad_accum: int = Field(1, ge=1, description="micro batches per optimizer step, in total over all processes (each computes grad_accum / processes)")
+    grad_accum: int = Field(
+        1, ge=1, description="micro batches per optimizer step, in total over all processes (each computes grad_accum / processes)"
+    )
     segments_per_sample: int = Field(2, ge=1, description="segments each sample backpropagates through")
     state: Literal["reset", "carry"] = Field(
         "reset", description="reset: each sample starts from the learned initial state; carry: rows read contiguous streams"
@@ -99,7 +112,9 @@ class TrainSection(BaseModel):
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(0, ge=0, description="evaluate every N steps (0: only at the end)")
     eval_tokens: int = Field(65536, ge=2, description="validation tokens evaluated (from the start of val)")
-    eval_bytes: int | None = Field(None, ge=1, description="evaluate the val tokens covering this many bytes instead (same text for every codec)")
+    eval_bytes: int | None = Field(
+        None, ge=1, description="evaluate the val tokens covering this many bytes instead (same text for every codec)"
+    )
     eval_batch: int = Field(8, ge=1, description="contiguous validation streams evaluated side by side")
     checkpoint_every: int = Field(0, ge=0, description="save every N steps (0: only at the end)")
     keep_last: int = Field(3, ge=0, description="checkpoints kept (0: all)")
@@ -126,7 +141,18 @@ class OutSection(BaseModel):
     sample_bytes: int = Field(0, ge=0, description="bytes to sample after training (0: no sample)")
     sample_prompt: str = ""
     sample_temperature: float = Field(0.8, ge=0)
-    progress: bool = Field(True, description="show a progress bar on stderr")
+    progress: bool = Field(True, description="show progress on stderr: a bar on a terminal, a line every train.log_every steps otherwise")
+    log_sinks: list[Literal["jsonl", "csv", "tensorboard"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="where metrics go: jsonl (metrics.jsonl), csv (train.csv, eval.csv), tensorboard (tensorboard/ event files)",
+    )
+
+    @model_validator(mode="after")
+    def _unique_sinks(self) -> "OutSection":
+        repeated = sorted({s for s in self.log_sinks if self.log_sinks.count(s) > 1})
+        if repeated:
+            raise ValueError(f"out.log_sinks: {repeated[0]!r} is listed twice")
+        return self
 
 
 class DistributedSection(BaseModel):
@@ -137,7 +163,10 @@ class DistributedSection(BaseModel):
 
     backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: nccl when training on CUDA, gloo on CPU")
     timeout_minutes: float = Field(
-        10.0, gt=0, description="a rank waiting this long for the others fails the run (must exceed rank 0's evaluations, checkpoints and data preparation)"
+        10.0,
+        gt=0,
+        description="a rank waiting this long for the others fails the run (must exceed rank 0's evaluations, checkpoints "
+        "and data preparation)",
     )
 
 
@@ -153,16 +182,25 @@ class Recipe(BaseModel):
     distributed: DistributedSection = Field(default_factory=DistributedSection)
 
     def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
+        """The recipe as plain JSON-ready data; with `data.dataset`, without the preparation options
+        (which apply only to `data.sources`), so the result is itself a valid recipe."""
+        d = self.model_dump(mode="json")
+        if self.data.dataset is not None:
+            for key in PREPARE_OPTIONS:
+                d["data"].pop(key, None)
+        return d
 
     def to_yaml(self) -> str:
+        """`to_dict` as YAML, in the schema's key order."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     def hash(self) -> str:
+        """The sha256 of `to_dict` (see `recipe_hash`)."""
         return recipe_hash(self.to_dict())
 
 
 def recipe_hash(d: dict) -> str:
+    """The sha256 hex digest of a recipe dict, independent of key order."""
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -193,18 +231,55 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _where(source: str, path: str, overrides: dict[str, str] | None) -> str:
+    """Where the value at key `path` was set: the --set option that set it (or a key above or below
+    it), else the recipe file `source`."""
+    for key, expr in (overrides or {}).items():
+        if path == key or path.startswith(key + ".") or key.startswith(path + ".") and path:
+            return f"--set {expr}"
+    return source
+
+
+# Library arguments that recipe keys feed. A library error about one of them (an `OmUserError` keyed
+# by the argument's name) is renamed to the key, see `recipe_keys`.
+RECIPE_KEYS = {
+    "codec": "data.codec",
+    "vocab_size": "data.vocab_size",
+    "include": "data.include",
+    "exclude": "data.exclude",
+    "val_fraction": "data.val_fraction",
+    "errors": "data.errors",
+    "max_bytes": "out.sample_bytes",
+    "temperature": "out.sample_temperature",
+}
+
+
+def recipe_keys(source: str, overrides: dict[str, str] | None = None):
+    """A context in which library calls made with a recipe's values fail naming the recipe key and
+    where it was set: `my.yaml: data.vocab_size: 100 is too small ...` (see `om.errors.renamed_keys`)."""
+    return renamed_keys(RECIPE_KEYS, where=lambda key: _where(source, key, overrides))
+
+
+def _check_library_values(recipe: Recipe) -> None:
+    """Values only the library can judge, judged when the recipe is loaded rather than when they are
+    used: the codec options of data.sources, the sampling options of out.sample_*."""
+    if recipe.data.sources is not None:
+        from om.data.codecs import check_codec_options
+
+        check_codec_options(recipe.data.codec, recipe.data.vocab_size)
+    if recipe.out.sample_bytes:
+        from om.sampling import SamplingOptions
+
+        SamplingOptions(max_bytes=recipe.out.sample_bytes, temperature=recipe.out.sample_temperature).validate()
+
+
 def format_validation_error(source: str, err: ValidationError, overrides: dict[str, str] | None = None) -> str:
     """One line naming the file (or the --set option), the key path, the problem and the value."""
     problems = err.errors(include_url=False)
     first = problems[0]
     loc = tuple(str(x) for x in first["loc"])
     path = ".".join(loc)
-    # A missing/bad key that came from an override is reported as that option.
-    where = source
-    for key, expr in (overrides or {}).items():
-        if path == key or path.startswith(key + ".") or key.startswith(path + ".") and path:
-            where = f"--set {expr}"
-            break
+    where = _where(source, path, overrides)
     if first["type"] == "extra_forbidden":
         parent = _section_model(tuple(first["loc"])[:-1])
         options = list(parent.model_fields) if parent else []
@@ -240,7 +315,9 @@ _DATA_CHOICE = {"dataset": "sources", "sources": "dataset"}
 def apply_overrides(raw: dict, overrides: list[str]) -> dict[str, str]:
     """Apply `--set` expressions to the raw recipe dict in place; return {key path: expression}.
 
-    Each key must exist in the schema (same "did you mean" hint as in the file).
+    Each key must exist in the schema (same "did you mean" hint as in the file). Setting
+    `data.dataset` replaces the file's `data.sources` together with the options of their preparation
+    (`PREPARE_OPTIONS`) that no `--set` gave; setting `data.sources` replaces `data.dataset`.
     """
     applied: dict[str, str] = {}
     for expr in overrides:
@@ -260,6 +337,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict[str, str]:
                 # data.dataset and data.sources exclude each other: setting one replaces the other.
                 if keys[:-1] == ["data"] and key in _DATA_CHOICE and value is not None:
                     node.pop(_DATA_CHOICE[key], None)
+                    if key == "dataset":
+                        for option in PREPARE_OPTIONS:
+                            if f"data.{option}" not in applied:
+                                node.pop(option, None)
             else:
                 child = node.get(key)
                 if not isinstance(child, dict):
@@ -271,6 +352,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict[str, str]:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """Read a recipe file into a raw dict (bounded in size; OmUserError naming the file)."""
     p = Path(path)
     if not p.exists():
         raise OmUserError(f"{p}: no such recipe file")
@@ -354,10 +436,31 @@ def parse_yaml(text: str, source: str) -> dict:
 
 
 def validate_recipe(raw: dict, source: str = "recipe", overrides: dict[str, str] | None = None) -> Recipe:
+    """A raw recipe dict as a `Recipe`: the schema first, then the values the library judges; an error
+    names `source` (or the --set option in `overrides`), the key and the value."""
     try:
-        return Recipe.model_validate(raw)
+        recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         raise OmUserError(format_validation_error(source, err, overrides)) from None
+    _check_data_choice(recipe, source, overrides)
+    with recipe_keys(source, overrides):
+        _check_library_values(recipe)
+    return recipe
+
+
+def _check_data_choice(recipe: Recipe, source: str, overrides: dict[str, str] | None) -> None:
+    """Refuse a preparation option given next to `data.dataset`, where it would be ignored."""
+    data = recipe.data
+    if data.dataset is None:
+        return
+    given = [key for key in PREPARE_OPTIONS if key in data.model_fields_set]
+    if given:
+        key = f"data.{given[0]}"
+        kept = "the codec it was prepared with" if given[0] in ("codec", "vocab_size") else "the options it was prepared with"
+        raise OmUserError(
+            f"{_where(source, key, overrides)}: {key} applies only to data.sources, but data.dataset is set: a prepared "
+            f"dataset keeps {kept}; leave {key} out, or give data.sources instead of data.dataset"
+        )
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
@@ -379,6 +482,7 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def stdlib_dir() -> str:
+    """The running interpreter's standard-library folder (what `{stdlib}` stands for)."""
     return sysconfig.get_paths()["stdlib"]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from om.errors import OmUserError
-from om.train.recipe import STDLIB_EXCLUDES, DataSection, expand_path
+from om.train.recipe import STDLIB_EXCLUDES, DataSection, expand_path, recipe_keys
 
 
 def cache_root() -> Path:
@@ -39,6 +39,14 @@ def _prepare_options(data: DataSection, source: str) -> dict:
     }
 
 
+def dataset_location(data: DataSection, source: str = "recipe") -> Path:
+    """The prepared folder `data.dataset` names (placeholders expanded), which must exist."""
+    path = Path(expand_path(data.dataset, f"{source}: data.dataset")).resolve()
+    if not path.exists():
+        raise OmUserError(f"{source}: data.dataset: {path}: no such folder (run `om prepare` first)")
+    return path
+
+
 def prepared_location(data: DataSection, source: str = "recipe") -> tuple[Path, dict]:
     """Where `data.sources` are prepared in the cache, and the resolved options that key it.
 
@@ -57,9 +65,7 @@ def resolve_dataset(data: DataSection, source: str = "recipe", progress: Callabl
     from om.data import open_dataset, prepare_dataset
 
     if data.dataset is not None:
-        path = Path(expand_path(data.dataset, f"{source}: data.dataset")).resolve()
-        if not path.exists():
-            raise OmUserError(f"{source}: data.dataset: {path}: no such folder (run `om prepare` first)")
+        path = dataset_location(data, source)
         return open_dataset(path), {"dataset": str(path), "prepared": False}
 
     out, options = prepared_location(data, source)
@@ -82,5 +88,6 @@ def resolve_dataset(data: DataSection, source: str = "recipe", progress: Callabl
     if options["val_fraction"] is not None:
         kwargs["val_fraction"] = options["val_fraction"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    prepare_dataset(options["sources"], out, **kwargs)
+    with recipe_keys(source):  # errors found only on the data (a vocabulary too small for it, bad UTF-8)
+        prepare_dataset(options["sources"], out, **kwargs)
     return open_dataset(out), {"dataset": str(out), "prepared": True, **options}

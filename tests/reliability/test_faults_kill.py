@@ -22,11 +22,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from om.atomic import parse_temp_name
 from om.checkpoint import (
     MODEL_FILE,
-    OLD_PREFIX,
     OPTIMIZER_FILE,
-    TMP_PREFIX,
     TRAINER_FILE,
     load_checkpoint,
     sha256_file,
@@ -63,12 +62,25 @@ def _target(kind: str, resumed_at: int, rng: random.Random) -> int:
     return resumed_at + EVERY  # the next checkpoint
 
 
+def _writing(name: str) -> str | None:
+    """The folder a temporary name holds a new version of (None: not a temporary, or an old version)."""
+    temp = parse_temp_name(name)
+    return temp.target if temp is not None and not temp.old else None
+
+
+def _being_deleted(name: str) -> bool:
+    """Whether `name` is a checkpoint folder, or the hidden name one is given before it is deleted."""
+    temp = parse_temp_name(name)
+    return name.startswith("step-") or (temp is not None and temp.old and temp.target.startswith("step-"))
+
+
 def _instrument(kind: str, step: int):
     """A setup function for the child: pause at `kind` of step `step` (and be killed there)."""
 
     def setup() -> None:
         import om.checkpoint as ck
         import om.train.loop as loop
+        import om.train.run_folder as run_folder
 
         tag, name = f"{kind}@{step}", step_dir_name(step)
         current = {"step": 0}
@@ -95,7 +107,7 @@ def _instrument(kind: str, step: int):
 
             def cut(path) -> None:
                 path = Path(path)
-                if path.name == file and path.parent.name.startswith(TMP_PREFIX + name):
+                if path.name == file and _writing(path.parent.name) == name:
                     os.truncate(path, path.stat().st_size // 2)  # the kill lands mid-file
                     pause(tag)
 
@@ -107,20 +119,20 @@ def _instrument(kind: str, step: int):
             replace = os.replace
 
             def patched_replace(src, dst, *args, **kwargs):
-                if Path(src).name.startswith(TMP_PREFIX + name):
+                if _writing(Path(src).name) == name:
                     pause(tag)  # every file written and fsynced, the folder not yet renamed
                 return replace(src, dst, *args, **kwargs)
 
             os.replace = patched_replace
         elif kind == "latest":
-            write_latest = loop.write_latest
+            write_latest = ck.write_latest
 
             def patched_latest(folder, checkpoint):
                 if Path(checkpoint).name == name:
                     pause(tag)  # the checkpoint is in place, `latest` still names the previous one
                 return write_latest(folder, checkpoint)
 
-            loop.write_latest = patched_latest
+            ck.write_latest = patched_latest
         elif kind == "prune":
             rmtree = shutil.rmtree
 
@@ -128,7 +140,7 @@ def _instrument(kind: str, step: int):
                 p = Path(path)
                 # Whatever pruning deletes (here a renamed-away folder; a step folder itself would
                 # be cut the same way, and then fail the completeness check below).
-                if p.name.startswith((OLD_PREFIX + "step-", "step-")) and current["step"] == step:
+                if _being_deleted(p.name) and current["step"] == step:
                     for f in p.iterdir():  # the worst half: every file gone but trainer.json
                         if f.name != TRAINER_FILE:
                             f.unlink()
@@ -137,17 +149,17 @@ def _instrument(kind: str, step: int):
 
             shutil.rmtree = patched_rmtree
         elif kind == "metrics":
-            write = loop.Trainer._write
+            append = run_folder.RunFolder.append_metrics
 
-            def patched_write(self, record):
+            def patched_append(self, record):
                 if record.get("event") == "train" and record.get("step") == step:
                     line = json.dumps(record) + "\n"
-                    with open(self.metrics_path, "a") as f:
+                    with open(self.metrics, "a") as f:
                         f.write(line[: len(line) // 2])
                     pause(tag)
-                return write(self, record)
+                return append(self, record)
 
-            loop.Trainer._write = patched_write
+            run_folder.RunFolder.append_metrics = patched_append
 
     return setup
 

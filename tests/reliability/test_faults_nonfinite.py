@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -60,14 +59,15 @@ def _trained_4_steps(dataset: Path, run: Path) -> Path:
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, dataset):
     run = tmp_path / "run"
-    _trained_4_steps(dataset, run)
-    result = _om(*train_args(dataset, run, *DIVERGE, *EVERY_STEP))
+    ckpt = _trained_4_steps(dataset, run)
+    result = _om(*train_args(dataset, run, *DIVERGE, *EVERY_STEP), "--resume", str(ckpt))
     assert result.exit_code == 1, result.output
     assert result.stdout == "" and "Traceback" not in result.output
     line = result.stderr.splitlines()[-1]
     m = re.fullmatch(
         r"om train: error: (.+): step (\d+): the (training loss|gradient norm) became (-?inf|nan); training stopped "
-        r"\(the last good checkpoint is (.+)\); lower train\.lr, or set train\.on_nonfinite_loss: skip",
+        r"\(the last good checkpoint is (.+)\); lower train\.lr and continue with --resume \5, or set "
+        r"train\.on_nonfinite_loss: skip",
         line,
     )
     assert m, line
@@ -82,13 +82,15 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
 def test_skip_counts_skipped_steps_and_stops_past_max_skips(tmp_path, dataset):
     run = tmp_path / "run"
-    _trained_4_steps(dataset, run)
-    result = _om(*train_args(dataset, run, *DIVERGE, *EVERY_STEP, "train.on_nonfinite_loss=skip", "train.max_skips=3"))
+    ckpt = _trained_4_steps(dataset, run)
+    skip = ("train.on_nonfinite_loss=skip", "train.max_skips=3")
+    result = _om(*train_args(dataset, run, *DIVERGE, *EVERY_STEP, *skip), "--resume", str(ckpt))
     assert result.exit_code == 1, result.output
     skips = _records(run, "skip")
     first = skips[0]["step"]
     assert [(r["step"], r["skipped"]) for r in skips] == [(first + i, i + 1) for i in range(4)]
-    assert re.search(rf"step {first + 3}: the .* became .*; 4 steps skipped, more than train\.max_skips \(3\); training stopped", result.stderr)
+    stopped = rf"step {first + 3}: the .* became .*; 4 steps skipped, more than train\.max_skips \(3\); training stopped"
+    assert re.search(stopped, result.stderr)
     assert result.stderr.count(" skipped (") == 3 and "Traceback" not in result.output
     # A skipped step changes neither the weights nor the optimizer state.
     ckdir = run / "checkpoints"
@@ -140,7 +142,8 @@ def test_transient_nan_is_skipped_and_training_goes_on(tmp_path, dataset, nan_at
 
 def test_nan_stops_by_default_without_saving_that_step(tmp_path, dataset, nan_at):
     nan_at.add(3)
-    with pytest.raises(OmRunError, match=r"step 3: the training loss became nan; training stopped \(the last good checkpoint is .*step-0000002\)"):
+    stopped = r"step 3: the training loss became nan; training stopped \(the last good checkpoint is .*step-0000002\)"
+    with pytest.raises(OmRunError, match=stopped):
         Trainer(tiny_recipe(dataset), tmp_path / "run").run()
     assert [c.name for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == [step_dir_name(1), step_dir_name(2)]
 

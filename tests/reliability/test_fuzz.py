@@ -51,7 +51,12 @@ def check(result, command: str) -> None:
 
 
 @FUZZ
-@given(data=payloads, codec=st.sampled_from(["bytes", "chars"]), how=st.sampled_from(["file", "stdin"]), errors=st.sampled_from(["strict", "replace"]))
+@given(
+    data=payloads,
+    codec=st.sampled_from(["bytes", "chars"]),
+    how=st.sampled_from(["file", "stdin"]),
+    errors=st.sampled_from(["strict", "replace"]),
+)
 def test_eval_random_inputs(checkpoints, data, codec, how, errors):
     with tempfile.TemporaryDirectory() as tmp:
         args = ["-"]
@@ -106,7 +111,9 @@ def test_sample_random_prompts(checkpoints, data, codec, how, max_bytes, tempera
 
 # Recipes -------------------------------------------------------------------------------------------
 VALID = {
-    "model": {"dim": 16, "n_layers": 1, "n_heads": 2, "dims_key": [4], "dims_value": [4], "segment_len": 8, "state_len": 2, "stem_kernels": [2]},
+    "model": {
+        "dim": 16, "n_layers": 1, "n_heads": 2, "dims_key": [4], "dims_value": [4], "segment_len": 8, "state_len": 2, "stem_kernels": [2],
+    },
     "data": {"dataset": "DATASET"},
     "train": {"micro_batch_size": 2, "max_steps": 3, "warmup_steps": 1, "lr": 0.001},
     "out": {"dir": "run", "progress": False},

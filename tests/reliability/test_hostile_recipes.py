@@ -258,3 +258,16 @@ def test_dry_run_checks_what_the_run_checks(place):
     refused(place, good(place.dataset, model={"vocab_size": 300}), "model.vocab_size: 300 does not match")
     refused(place, good(place.dataset, train={"segments_per_sample": 2000}), "the train split has")
     refused(place, good(place.dataset, data={"dataset": "/nowhere/ds"}), "/nowhere/ds: no such folder")
+
+
+def test_library_values_name_the_recipe_key(place, tmp_path):
+    """A value only the library judges is refused by run and dry run alike, named by its recipe key."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"some text\n" * 100)
+    recipe = good(place.dataset, data={"sources": [str(corpus)], "vocab_size": 100})
+    del recipe["data"]["dataset"]
+    refused(place, recipe, "r.yaml: data.vocab_size: 100 is too small for the bytes codec")
+    result = om("train", str(place(recipe)), "--dry-run")
+    assert "--vocab-size" not in result.stderr
+    recipe["data"].update(vocab_size=None, codec="words")
+    refused(place, recipe, "r.yaml: data.codec: 'words' is not one of")
