@@ -320,7 +320,7 @@ def _inside(name: object) -> bool:
     return not pure.is_absolute() and ".." not in pure.parts
 
 
-def _config_problem(err: ValueError) -> str:
+def config_problem(err: ValueError) -> str:
     """The first problem of a config that failed validation, without pydantic's URLs."""
     errors = getattr(err, "errors", None)
     if not callable(errors):
@@ -392,7 +392,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     except FileNotFoundError:
         raise OmUserError(f"{config_file}: missing; the checkpoint {folder} is partial") from None
     except ValueError as err:
-        raise OmUserError(f"{config_file}: not a valid model config ({_config_problem(err)})") from None
+        raise OmUserError(f"{config_file}: not a valid model config ({config_problem(err)})") from None
     model_file = folder / MODEL_FILE
     _check_weights_file(config, model_file, config_file)
     check_fits(inference_estimate(config), device, str(config_file))

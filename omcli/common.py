@@ -197,12 +197,9 @@ def _size(n: float) -> str:
 
 
 def _duration(seconds: float) -> str:
-    s = max(0, int(round(seconds)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    from om.train.progress import format_duration  # the one formatter of durations (45s, 3m12s, 2h05m)
+
+    return format_duration(seconds)
 
 
 class ByteProgress:

@@ -37,13 +37,9 @@ def _one_line(err: BaseException) -> str:
 
 
 def _config_problem(err: ValueError) -> str:
-    """The first problem of a config that failed validation, without pydantic's URLs."""
-    errors = getattr(err, "errors", None)
-    if not callable(errors):
-        return _one_line(err)
-    first = errors(include_url=False)[0]
-    where = ".".join(str(x) for x in first["loc"])
-    return _one_line(f"{where}: {first['msg']}" if where else first["msg"])
+    from om.checkpoint import config_problem  # outside om/model: imported only when a config fails
+
+    return config_problem(err)
 
 
 class PretrainedMixin:
