@@ -26,7 +26,7 @@ import shutil
 import socket
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 WRITE = "write"  # the default tag
 # NAME may hold dots and dashes; TAG, PID, HOST (see `host_tag`) and RANDOM hold neither.
@@ -251,3 +251,18 @@ def write_failure_reason(err: BaseException) -> str | None:
         m = re.search(r"I/O error: (.*?) \(os error \d+\)", str(err))
         return m.group(1) if m else None
     return None
+
+
+@contextmanager
+def failed_write_is_run_error(message: Callable[[str], str]) -> Iterator[None]:
+    """Within the block, a failed write (full disk, I/O error) becomes one `OmRunError` line,
+    `message(reason)`; any other exception passes unchanged."""
+    from om.errors import OmRunError
+
+    try:
+        yield
+    except BaseException as err:
+        reason = write_failure_reason(err)
+        if reason is not None:
+            raise OmRunError(message(reason)) from None
+        raise

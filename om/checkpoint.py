@@ -43,7 +43,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from om.atomic import write_failure_reason, write_file, writing_folder
+from om.atomic import failed_write_is_run_error, write_file, writing_folder
 from om.errors import OmRunError, OmUserError
 from om.model import OmLLM
 from om.model.config import OmConfig
@@ -218,14 +218,9 @@ def save_checkpoint(
     and raises `OmRunError`; an existing checkpoint at `directory` is then left as it was.
     """
     final = Path(directory)
-    try:
+    with failed_write_is_run_error(lambda reason: f"{final}: cannot write the checkpoint ({reason}); nothing of it was kept"):
         with writing_folder(final, CHECKPOINT_TAG) as tmp:
             _fill(tmp, model, config, codec, trainer, optimizer, dataset, tensors, extra_files or {})
-    except BaseException as err:
-        reason = write_failure_reason(err)
-        if reason is not None:
-            raise OmRunError(f"{final}: cannot write the checkpoint ({reason}); nothing of it was kept") from None
-        raise
     return final
 
 

@@ -27,8 +27,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save, save_file
 
-from om.atomic import remove_stale, write_failure_reason, writing_file
-from om.errors import OmRunError, OmUserError
+from om.atomic import failed_write_is_run_error, remove_stale, writing_file
+from om.errors import OmUserError
 from om.model.state import OmState
 
 FORMAT = "om-context-cache"
@@ -115,14 +115,10 @@ def save_context(path: str | Path, context: StreamContext, checkpoint_fingerprin
     if not parent.is_dir():
         raise OmUserError(f"{path}: folder {parent} does not exist")
     remove_stale(parent, path.name)  # temporaries of a writer that was killed
-    try:
+    # A full disk: one line, nothing left behind.
+    with failed_write_is_run_error(lambda reason: f"{path}: cannot write the context cache ({reason}); nothing was written"):
         with writing_file(path, "cache") as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
-    except BaseException as err:
-        reason = write_failure_reason(err)
-        if reason is not None:  # a full disk: one line, nothing left behind
-            raise OmRunError(f"{path}: cannot write the context cache ({reason}); nothing was written") from None
-        raise
     return path
 
 

@@ -55,9 +55,9 @@ class PretrainedMixin:
     """
 
     def save_pretrained(self, path: str | Path, codec=None) -> Path:
-        from om.atomic import write_failure_reason, write_file, writing_file
+        from om.atomic import failed_write_is_run_error, write_file, writing_file
         from om.checkpoint import save_weights
-        from om.errors import OmRunError, OmUserError
+        from om.errors import OmUserError
 
         folder = Path(path).expanduser()
         if folder.exists() and not folder.is_dir():
@@ -67,18 +67,13 @@ class PretrainedMixin:
         config: OmConfig = self.config
         if codec is not None and codec.vocab_size != config.vocab_size:
             raise OmUserError(f"codec: it has {codec.vocab_size} ids but the model's vocab_size is {config.vocab_size}", key="codec")
-        try:
+        with failed_write_is_run_error(lambda reason: f"{folder}: cannot write the pretrained model ({reason})"):
             folder.mkdir(parents=True, exist_ok=True)
             with writing_file(folder / WEIGHTS_FILE) as tmp:
                 save_weights(self, tmp)
             write_file(folder / CONFIG_FILE, config.to_json() + "\n")
             if codec is not None:
                 codec.save(folder)
-        except BaseException as err:
-            reason = write_failure_reason(err)
-            if reason is not None:
-                raise OmRunError(f"{folder}: cannot write the pretrained model ({reason})") from None
-            raise
         return folder
 
     @classmethod
