@@ -117,7 +117,12 @@ class Distributed:
             import torch.distributed as dist
 
             if dist.is_initialized():
-                dist.destroy_process_group()
+                # Every rank enters the teardown together: a rank that reaches it while rank 0 is
+                # still evaluating or writing the last checkpoint was seen to hang in gloo's teardown.
+                try:
+                    dist.barrier()
+                finally:
+                    dist.destroy_process_group()
             self._owns_group = False
 
     # Work sharing ----------------------------------------------------------------------------------
