@@ -6,9 +6,9 @@ Exact recall = the model's greedy continuation after the second marker equals th
 at every key position under teacher forcing is the same thing as a greedy rollout: the rollout
 fails exactly at the first position whose argmax is wrong.)
 
-    python -m bench.recall_probe run [--minutes 6] [--threads N]   # train the variants, test, report
-    python -m bench.recall_probe train --out DIR [--state-len 8] [--gated] [--minutes 6]
-    python -m bench.recall_probe test CKPT [--distances 1,2,4,8,16,32] [--episodes 64]
+    python -m bench.recall_probe run [--minutes 4] [--variants 0,3,6] [--threads N]   # train, test, report
+    python -m bench.recall_probe train --out DIR [--state-update residual] [--horizon carry] [--minutes 6]
+    python -m bench.recall_probe test CKPT [--distances 1,2,4,...,256] [--episodes 64]
 
 `test` works on any checkpoint whose codec maps the probe's characters to one id each (bytes or
 chars codecs); distances are counted in segments of that checkpoint.
@@ -34,11 +34,18 @@ CAPITALS = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", dtype=np.uint8)
 # past one segment (0% recall at D=1), while this model reached 100% at D=1..4.
 PROBE_MODEL = dict(vocab_size=257, dim=128, n_layers=2, n_heads=4, dims_key=[32], dims_value=[32], state_update="replace",
                    segment_len=16, state_len=8, stem_kernels=[2, 3, 4], mlp_ratio=4.0)
-VARIANTS = {  # label -> model overrides
-    "Om, memory on (state_len 8)": {},
-    "Om, memory on, gated state update": {"state_update": "gated"},
-    "Om, memory off (state_len 0)": {"state_len": 0},
+# label -> (model overrides, training horizon): "reset" rows start from the initial state, "carry"
+# rows are endless streams whose state is carried (detached) from step to step.
+VARIANTS = {
+    "replace, reset rows": ({}, "reset"),
+    "replace, carried state": ({}, "carry"),
+    "gated, carried state": ({"state_update": "gated"}, "carry"),
+    "residual, carried state": ({"state_update": "residual"}, "carry"),
+    "residual, carried state, aligned rows": ({"state_update": "residual", "state_positions": "aligned"}, "carry"),
+    "residual, carried state, unrotated rows": ({"state_update": "residual", "state_positions": "unrotated"}, "carry"),
+    "memory off (state_len 0)": ({"state_len": 0}, "reset"),
 }
+DISTANCES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 
 def filler(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -132,13 +139,44 @@ def packed_batch(rng: np.random.Generator, size: int, length: int, max_distance:
     return torch.from_numpy(tokens.astype(np.int64)), torch.from_numpy(answers)
 
 
+class EpisodeStreams:
+    """`rows` endless byte streams of packed episodes (as `packed_batch`), read `length` bytes at a time.
+
+    `next(reach)` -> tokens (rows, length + 1) int64 and answers (rows, length + 1) bool: each call
+    continues every stream where the previous call stopped (the last byte is repeated as the next
+    call's first, so inputs and targets line up), with episode distances uniform in 0..reach.
+    """
+
+    def __init__(self, rng: np.random.Generator, rows: int, length: int, prefix_max: int):
+        self.rng, self.length, self.prefix_max = rng, length, prefix_max
+        self.buffers = [(np.zeros(0, np.uint8), np.zeros(0, bool)) for _ in range(rows)]
+
+    def next(self, reach: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, answers = [], []
+        for i, (data, mask) in enumerate(self.buffers):
+            while len(data) < self.length + 1:
+                episode_bytes, answer = episode(self.rng, int(self.rng.integers(0, reach + 1)), self.prefix_max)
+                episode_mask = np.zeros(len(episode_bytes), bool)
+                episode_mask[answer:] = True
+                data, mask = np.concatenate((data, episode_bytes)), np.concatenate((mask, episode_mask))
+            tokens.append(data[: self.length + 1])
+            answers.append(mask[: self.length + 1])
+            self.buffers[i] = (data[self.length :], mask[self.length :])
+        return torch.from_numpy(np.stack(tokens).astype(np.int64)), torch.from_numpy(np.stack(answers))
+
+
 def train_probe_model(out: Path, overrides: dict, minutes: float, seed: int = 0, max_distance_segments: int = 4,
-                      lr: float = 3e-3) -> dict:
+                      lr: float = 3e-3, horizon: str = "reset", reset_every: int = 64, steps: int | None = None) -> dict:
     """Train a small byte Om on packed probe episodes (loss on the answer bytes only); save a checkpoint.
 
-    Curriculum: the largest distance starts inside one segment and grows by a quarter segment each
+    The budget is `steps` optimizer steps when given (figures then do not depend on the machine's
+    load), else `minutes` of wall-clock. Curriculum: the largest distance starts inside one segment and grows by a quarter segment each
     time the answer loss (mean of the last 25 steps) falls below 1 nat, up to
     `max_distance_segments` segments; the rows are always (max_distance_segments + 2) segments long.
+    horizon "reset": every row is fresh and starts from the initial state. "carry": every row is
+    an endless stream; its state is carried from step to step (backprop stops at the row's start),
+    so the model learns to keep a state healthy over thousands of segments, not only a few; each
+    step one row in `reset_every` restarts from the initial state, which evaluation starts from.
     """
     from om import OmConfig, OmLLM
     from om.checkpoint import save_checkpoint
@@ -150,15 +188,30 @@ def train_probe_model(out: Path, overrides: dict, minutes: float, seed: int = 0,
     config = OmConfig(**{**PROBE_MODEL, **overrides})
     model = OmLLM(config)
     optimizer = make_optimizer(model, lr=lr, weight_decay=0.05, betas=(0.9, 0.95), eps=1e-8)
-    L = config.segment_len
+    L, rows = config.segment_len, 16
     length, limit = (max_distance_segments + 2) * L, max_distance_segments * L
     rng = np.random.Generator(np.random.PCG64([seed]))
+    streams = EpisodeStreams(rng, rows, length, prefix_max=L) if horizon == "carry" else None
+    state = None
     start_time, step, losses, reach, since_raise = time.perf_counter(), 0, [], L // 4, 0
-    while (elapsed := time.perf_counter() - start_time) < minutes * 60:
+    while True:
+        elapsed = time.perf_counter() - start_time
+        done = elapsed / (minutes * 60) if steps is None else step / steps
+        if done >= 1:
+            break
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, elapsed / (minutes * 60), lr, lr / 10, warmup_steps=50)
-        tokens, answers = packed_batch(rng, 16, length, reach, prefix_max=L)  # filler between episodes, as in the test
-        logits, _ = model(tokens[:, :-1])
+            group["lr"] = learning_rate(step, done, lr, lr / 10, warmup_steps=50)
+        if streams is None:
+            tokens, answers = packed_batch(rng, rows, length + 1, reach, prefix_max=L)  # filler between episodes, as in the test
+        else:
+            tokens, answers = streams.next(reach)
+            if state is not None:
+                fresh = model.init_state(rows)
+                restart = torch.from_numpy(rng.random(rows) < 1.0 / reset_every)
+                state.layer_states = [torch.where(restart[:, None, None], f, s) for s, f in zip(state.layer_states, fresh.layer_states)]
+                state.stem_tail = torch.where(restart[:, None, None], fresh.stem_tail, state.stem_tail)
+        logits, state = model(tokens[:, :-1], state)
+        state = state.detach() if streams is not None else None
         mask = answers[:, 1:]
         loss = F.cross_entropy(logits[mask], tokens[:, 1:][mask])
         loss.backward()
@@ -170,11 +223,12 @@ def train_probe_model(out: Path, overrides: dict, minutes: float, seed: int = 0,
         if reach < limit and since_raise >= 25 and np.mean(losses[-25:]) < 1.0:
             reach, since_raise = min(limit, reach + L // 4), 0
         if step % 50 == 0:
-            print(f"  {overrides or 'memory on'} step {step} answer loss {np.mean(losses[-50:]):.3f} "
+            print(f"  {overrides or 'memory on'} {horizon} step {step} answer loss {np.mean(losses[-50:]):.3f} "
                   f"max distance {reach} bytes ({elapsed:.0f}s)", file=sys.stderr, flush=True)
     model.eval()
-    info = {"probe": True, "step": step, "minutes": minutes, "final_answer_loss": float(np.mean(losses[-50:])),
-            "max_distance_reached": reach}
+    info = {"probe": True, "step": step, "minutes": None if steps else minutes, "steps": steps, "horizon": horizon,
+            "overrides": overrides, "seconds": round(time.perf_counter() - start_time, 1),
+            "final_answer_loss": float(np.mean(losses[-50:])), "max_distance_reached": reach}
     save_checkpoint(out, model, config, BytesCodec(), trainer=info)
     return info
 
@@ -192,24 +246,28 @@ def main() -> None:
     p_train = sub.add_parser("train", help="train a probe model")
     p_train.add_argument("--out", required=True)
     p_train.add_argument("--state-len", type=int, default=PROBE_MODEL["state_len"])
-    p_train.add_argument("--gated", action="store_true", help="state_update: gated")
+    p_train.add_argument("--state-update", default=PROBE_MODEL["state_update"], choices=["replace", "gated", "residual"])
+    p_train.add_argument("--state-positions", default="around", choices=["around", "aligned", "unrotated"])
+    p_train.add_argument("--horizon", default="carry", choices=["reset", "carry"])
     p_train.add_argument("--minutes", type=float, default=6.0)
     p_test = sub.add_parser("test", help="recall accuracy of a checkpoint by distance")
     p_test.add_argument("checkpoint")
-    p_test.add_argument("--distances", default="1,2,4,8,16,32")
+    p_test.add_argument("--distances", default=",".join(map(str, DISTANCES)))
     p_test.add_argument("--episodes", type=int, default=64)
-    p_run = sub.add_parser("run", help="train with and without memory, test both, write BENCHMARKS.md")
-    p_run.add_argument("--minutes", type=float, default=6.0)
+    p_run = sub.add_parser("run", help="train the variants, test them, write BENCHMARKS.md")
+    p_run.add_argument("--minutes", type=float, default=4.0)
+    p_run.add_argument("--steps", type=int, default=None, help="train each variant this many steps instead of --minutes")
+    p_run.add_argument("--variants", default=None, help="comma-separated indices into VARIANTS (default: all)")
     p_run.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p_run.add_argument("--episodes", type=int, default=64)
     p_run.add_argument("--workdir", default=".bench-cache/recall")
-    p_run.add_argument("--reuse", action="store_true", help="keep variants an earlier run trained with the same --minutes")
+    p_run.add_argument("--reuse", action="store_true", help="keep variants an earlier run trained with the same settings")
     p_run.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
     if args.command == "train":
-        overrides = {"state_len": args.state_len, **({"state_update": "gated"} if args.gated else {})}
-        print(json.dumps(train_probe_model(Path(args.out), overrides, args.minutes)))
+        overrides = {"state_len": args.state_len, "state_update": args.state_update, "state_positions": args.state_positions}
+        print(json.dumps(train_probe_model(Path(args.out), overrides, args.minutes, horizon=args.horizon)))
     elif args.command == "test":
         model, codec = load(args.checkpoint)
         distances = [int(d) for d in args.distances.split(",")]
@@ -219,41 +277,59 @@ def main() -> None:
 
 
 def run(args) -> None:
+    import os
+
     from bench.report import machine, markdown_table, write_section
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    distances = [1, 2, 4, 8, 16, 32]
+    chosen = list(VARIANTS.items())
+    if args.variants:
+        chosen = [chosen[int(i)] for i in args.variants.split(",")]
+    load_before = os.getloadavg()[0]
     rows, infos = {}, {}
-    for index, (label, overrides) in enumerate(VARIANTS.items()):
-        out = Path(args.workdir) / f"variant{index}"
+    for label, (overrides, horizon) in chosen:
+        out = Path(args.workdir) / label.replace(" ", "-").replace(",", "").replace("(", "").replace(")", "")
         previous = json.loads((out / "trainer.json").read_text()) if (out / "trainer.json").exists() else {}
-        if args.reuse and previous.get("minutes") == args.minutes:
-            infos[label] = previous  # trained by an earlier run with the same budget
+        budget = (None if args.steps else args.minutes, args.steps)
+        if args.reuse and (previous.get("minutes"), previous.get("steps"), previous.get("horizon"), previous.get("overrides")) == (
+            *budget, horizon, overrides
+        ):
+            infos[label] = previous  # trained by an earlier run with the same settings
         else:
-            infos[label] = train_probe_model(out, overrides, args.minutes)
+            infos[label] = train_probe_model(out, overrides, args.minutes, horizon=horizon, steps=args.steps)
         model, codec = load(str(out))
-        rows[label] = recall_by_distance(model, codec, distances, args.episodes)
-        print(label, rows[label], file=sys.stderr)
+        rows[label] = recall_by_distance(model, codec, DISTANCES, args.episodes)
+        print(label, rows[label], file=sys.stderr, flush=True)
+    load_after = os.getloadavg()[0]
     table = markdown_table(
-        ["model", "train steps", "final answer loss", *[f"D={d} seg" for d in distances]],
-        [[label, infos[label]["step"], f"{infos[label]['final_answer_loss']:.2f}", *[f"{acc:.0%}" for acc in rows[label].values()]]
+        ["model", "state carried across steps", "train steps", "train seconds", "final answer loss", *[f"D={d}" for d in DISTANCES]],
+        [[label, "yes" if infos[label]["horizon"] == "carry" else "no", infos[label]["step"],
+          infos[label].get("seconds", ""), f"{infos[label]['final_answer_loss']:.2f}", *[f"{acc:.0%}" for acc in rows[label].values()]]
          for label in rows],
     )
     print(table)
     if not args.no_write:
         L = PROBE_MODEL["segment_len"]
+        budget = f"--steps {args.steps}" if args.steps else f"--minutes {args.minutes:g}"
+        budget_words = f"{args.steps} steps" if args.steps else f"{args.minutes:g} minutes"
+        command = (f"python -m bench.recall_probe run {budget} --episodes {args.episodes}"
+                   + (f" --variants {args.variants}" if args.variants else "") + (f" --threads {args.threads}" if args.threads else ""))
         body = (
             "## 3. Does the memory remember? Key-recall probe\n\n"
-            f"Machine: {machine()}\n\n"
-            f"Command: `python -m bench.recall_probe run --minutes {args.minutes:g} --episodes {args.episodes}"
-            + (f" --threads {args.threads}" if args.threads else "") + "`\n\n"
-            f"Model: `{PROBE_MODEL}`; the variants change only `state_update` or `state_len`. Each trains {args.minutes:g} "
-            f"minutes on rows of {6 * L} bytes packed with episodes (0..L bytes of filler, marker, 6 random capitals, D "
-            f"bytes of random lower-case filler, marker, the key again), loss on the answer bytes only. Curriculum: the largest D starts "
-            f"at L/4 and grows by L/4 each time the answer loss falls below 1 nat, up to 4 segments ({4 * L} bytes). "
-            f"Test: {args.episodes} fresh episodes per D (in segments of L = {L} bytes, so D=32 is {32 * L} bytes of "
-            f"filler); exact recall = the greedy continuation after the second marker equals the key (chance: 26^-6).\n\n"
+            f"Machine: {machine()}. Load average before / after: {load_before:.1f} / {load_after:.1f} "
+            "(step budgets: the recall figures do not depend on load; the seconds do).\n\n"
+            f"Command: `{command}`\n\n"
+            f"Model: `{PROBE_MODEL}`; the variants change only `state_update`, `state_positions` or `state_len`, and whether the "
+            f"state is carried across training steps. Each trains {budget_words} on 16 rows of {6 * L} bytes a step, packed "
+            f"with episodes (0..L bytes of filler, marker, 6 random capitals, D bytes of random lower-case filler, marker, the key "
+            f"again), loss on the answer bytes only. Rows either start fresh every step (\"reset rows\") or are endless streams "
+            f"whose state is carried, detached, from step to step (backprop through the row's 6 segments; one row in 64 restarts "
+            f"each step). Curriculum: the largest D starts at L/4 and grows by L/4 each time the answer loss falls below 1 nat, "
+            f"up to 4 segments ({4 * L} bytes): D = 4 is the longest distance seen in training, so D = 256 is 64 times it. "
+            f"Test: {args.episodes} fresh episodes per D, each from the initial state (D in segments of L = {L} bytes, so D=256 "
+            f"is {256 * L} bytes of filler); exact recall = the greedy continuation after the second marker equals the key "
+            f"(chance: 26^-6).\n\n"
             + table
         )
         write_section("recall", body)

@@ -44,6 +44,15 @@ def _print_plan(plan: dict, as_json: bool) -> None:
                   f"dims_value {m['dims_value']}, segment_len {m['segment_len']}, state_len {m['state_len']}"),
         ("parameters", f"{plan['parameters']:,}"),
         ("tokens/step", f"{plan['tokens_per_step']:,}"),
+    ]
+    schedule = plan.get("schedule") or []
+    if len(schedule) > 1:  # train.curriculum
+        rows.append(("curriculum", ", ".join(
+            f"from step {e['step']}: {e['segments_per_sample']} segments ({e['tokens_per_step']:,} tokens/step)" for e in schedule
+        )))
+    if plan.get("activation_checkpointing"):
+        rows.append(("backward", "activation checkpointing (each segment's layers are recomputed)"))
+    rows += [
         ("stop", stop),
         ("memory", f"about {format_bytes(mem['total'])} ({parts}); {free} available"),
     ]

@@ -1,7 +1,9 @@
 """ARC against a dense reference written from the README's description, not from arc.py.
 
 The reference builds all 2S + L rows [read state; segment; write state] at ABSOLUTE stream
-positions (read offset-S..offset-1, segment offset..offset+L-1, write offset+L..offset+L+S-1),
+positions (read offset-S..offset-1, segment offset..offset+L-1, write offset+L..offset+L+S-1; with
+`state_positions` "aligned" write row j at read row j's position, with "unrotated" every state row
+at offset),
 projects each row with its own role's weights (read from the module's parameters), rotates q/k
 with its own RoPE, adds an explicitly computed CoPE bias (from the query before RoPE), masks with a boolean mask built by hand
 from the README's three rules, and chains the passes (pass p > 0 projects each head's pass p-1
@@ -108,7 +110,12 @@ def reference_arc(arc: ARC, x: torch.Tensor, state: torch.Tensor, offset: int):
     s, heads = c.state_len, c.n_heads
     roles = ["read"] * s + ["segment"] * n_seg + ["write"] * s
     rows = torch.cat([state, x, state], dim=1) if s else x
-    positions = torch.arange(offset - s, offset + n_seg + s)
+    read_at = torch.arange(offset - s, offset)
+    write_at = {"around": torch.arange(offset + n_seg, offset + n_seg + s), "aligned": read_at,
+                "unrotated": torch.full((s,), offset)}[c.state_positions]
+    if c.state_positions == "unrotated":
+        read_at = torch.full((s,), offset)  # at the segment's first position: no turn relative to it
+    positions = torch.cat([read_at, torch.arange(offset, offset + n_seg), write_at])
     allowed = hand_mask(s, n_seg)
     z = rows[:, None].expand(B, heads, -1, -1)  # pass 0 reads the rows themselves, pass p > 0 each head's output
     for p in range(c.n_passes):
@@ -143,6 +150,8 @@ VARIANTS = {
     "two-passes": dict(dims_key=[8, 6], dims_value=[8, 4]),
     "three-passes-partial-rope": dict(dims_key=[8, 6, 4], dims_value=[8, 4, 6], rope_fraction=0.5, attn_scales=[0.4, 0.3, 0.6]),
     "no-state": dict(dims_key=[8, 6], dims_value=[8, 4], state_len=0),
+    "aligned-state": dict(dims_key=[8, 6], dims_value=[8, 4], state_positions="aligned"),
+    "unrotated-state": dict(dims_key=[8], dims_value=[8], state_positions="unrotated"),
 }
 POSITIONALS = ["rope", "cope", "rope+cope", "none"]
 

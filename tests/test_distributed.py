@@ -3,6 +3,7 @@ global batch, checkpoints across process counts, and a failing rank ending the l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -54,10 +55,36 @@ def _torchrun(args: list[str], cwd: Path, script: list[str] | None = None) -> su
     try:
         out, err = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        # torchrun starts each rank in a session of its own, which killpg on torchrun's misses: kill
+        # every descendant too, or a hung rank keeps the pipes open and the suite waits forever.
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            err = "(no output: the pipes stayed open)"
         pytest.fail(f"torchrun did not finish within {LAUNCH_TIMEOUT_S} s:\n{err[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root`, from /proc (children before grandchildren)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, queue = [], [root]
+    while queue:
+        for child in children.get(queue.pop(0), []):
+            out.append(child)
+            queue.append(child)
+    return out
 
 
 def _train_records(run: Path) -> list[dict]:

@@ -234,6 +234,23 @@ def test_gated_state_update_is_a_per_channel_mix_of_old_and_new_state():
     assert "state_gate.weight" not in replace.state_dict()  # the Om design has no gate
 
 
+def test_residual_state_update_adds_the_write_rows_and_stays_bounded():
+    torch.manual_seed(0)
+    replace = ARCformer(tiny_config())
+    residual = ARCformer(tiny_config(state_update="residual"))
+    residual.load_state_dict(replace.state_dict())  # no extra weights: the same ARC, the same write rows
+    x, state = torch.randn(2, 8, 32), 5.0 * torch.randn(2, 4, 32)
+    _, new = replace(x, state)
+    _, mixed = residual(x, state)
+    total = state + new
+    torch.testing.assert_close(mixed, total / total.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt())
+    # The old state survives (the identity path) and, whatever the input, every row has unit RMS.
+    assert torch.nn.functional.cosine_similarity(mixed, state, dim=-1).min() > 0.5
+    for _ in range(50):
+        _, mixed = residual(torch.randn(2, 8, 32) * 10, mixed)
+    torch.testing.assert_close(mixed.pow(2).mean(-1), torch.ones(2, 4), atol=1e-4, rtol=0)
+
+
 # -- Dropout and eval mode ------------------------------------------------------------------------
 def test_eval_mode_is_deterministic_with_dropout_configured():
     model = tiny_model(seed=7, dropout=0.5)

@@ -17,6 +17,8 @@ CONFIGS = {
     "no-memory": dict(state_len=0),
     "three-passes": dict(dims_key=[8, 6, 4], dims_value=[8, 4, 6]),
     "gated-state": dict(state_update="gated"),
+    "residual-state-aligned": dict(state_update="residual", state_positions="aligned"),
+    "unrotated-state": dict(state_positions="unrotated"),
 }
 MODELS = {name: tiny_model(seed=i, **cfg) for i, (name, cfg) in enumerate(CONFIGS.items())}
 

@@ -62,6 +62,7 @@ class ARC(nn.Module):
         self.dims_key, self.dims_value = list(c.dims_key), list(c.dims_value)
         self.scales = [c.pass_scale(p) for p in range(c.n_passes)]
         self.dropout = c.dropout
+        self.state_positions = c.state_positions
         roles = ROLES if c.state_len > 0 else ("segment",)
         H = c.n_heads
         # Pass 0: one fused q|k|v projection from D per role.
@@ -84,6 +85,19 @@ class ARC(nn.Module):
         self.cope = nn.ModuleList()
         if "cope" in c.positional:
             self.cope = nn.ModuleList(CoPE(dk, c.cope_positions, c.init_std) for dk in self.dims_key)
+
+    def _rotate_pieces(self, p: int, t: Tensor, pieces: list[tuple[str, Tensor]], seen: int) -> Tensor:
+        """RoPE for rows (B, H, rows, d) laid out as `pieces`, when state rows do not sit "around" the segment."""
+        out, at = [], 0
+        for role, rows in pieces:
+            part = t[:, :, at : at + rows.shape[1]]
+            at += rows.shape[1]
+            if role == "segment":
+                part = self.rope[p].apply_span(part, seen)
+            elif self.state_positions == "aligned":
+                part = self.rope[p].apply_span(part, -self.state_len)
+            out.append(part)  # "unrotated": a state row sits at the segment's first position, 0
+        return torch.cat(out, dim=2) if len(out) > 1 else out[0]
 
     def has_query(self, role: str, p: int) -> bool:
         """Read rows are discarded after the last pass, so they need no query there (and have no weights for one)."""
@@ -120,7 +134,8 @@ class ARC(nn.Module):
         B, n, _ = x.shape
         S = self.state_len
         seen = 0 if cache is None else cache[0][0].shape[2] - S
-        # Rows sit at stream positions: read rows just before the segment, write rows just after.
+        # Rows sit at stream positions: read rows just before the segment, write rows just after
+        # (with state_positions "around"; see `_rotate_pieces` for the others).
         # RoPE depends only on position differences, and all rows of one call belong to one
         # segment, so positions are counted from the segment start (offset - seen): the same
         # attention as absolute positions, exact at any offset, and always one contiguous span
@@ -151,9 +166,12 @@ class ARC(nn.Module):
                 k_read, v_read = projected[0].split((dk, dv), dim=-1)
                 k, v = torch.cat((k_read, k), dim=2), torch.cat((v_read, v), dim=2)
             cope_query = q  # CoPE's q . e(p) takes the query before RoPE, whose turn would make it see the offset
-            if len(self.rope):
+            if len(self.rope) and self.state_positions == "around":
                 q = self.rope[p].apply_span(q, first_position + (S if keys_only else 0))
                 k = self.rope[p].apply_span(k, first_position)
+            elif len(self.rope):
+                q = self._rotate_pieces(p, q, pieces[keys_only:], seen)
+                k = self._rotate_pieces(p, k, pieces, seen)
             if cache is not None:
                 k = torch.cat((cache[p][0], k), dim=2)
                 v = torch.cat((cache[p][1], v), dim=2)
@@ -197,6 +215,7 @@ class ARCformer(nn.Module):
         self.mlp_out = nn.Linear(c.mlp_hidden, c.dim, bias=False)
         self.dropout = nn.Dropout(c.dropout)
         self.initial_state = nn.Parameter(torch.randn(c.state_len, c.dim) * c.init_std)
+        self.residual_state = c.state_update == "residual" and c.state_len > 0
         self.state_gate = None
         if c.state_update == "gated" and c.state_len > 0:
             self.state_gate = nn.Linear(c.dim, c.dim)  # OmLLM starts its bias at +1: keep ~73% of the old state
@@ -225,4 +244,8 @@ class ARCformer(nn.Module):
             # for many segments without being re-copied by attention at every step.
             keep = torch.sigmoid(self.state_gate(next_state))
             next_state = keep * state + (1.0 - keep) * next_state
+        elif finish and self.residual_state:
+            # Keeping the old state is the identity path; rescaling each row to unit RMS keeps the
+            # state bounded over any number of segments and gives new writes a constant weight.
+            next_state = F.rms_norm(state + next_state, (state.shape[-1],))
         return ARCOutput(y, out.cache, next_state)

@@ -33,9 +33,14 @@ class OmConfig(BaseModel):
     mlp_ratio: float = Field(4.0, gt=0, description="MLP hidden width as a multiple of dim")
     segment_len: int = Field(128, ge=1, description="segment length L (positions per recurrent step)")
     state_len: int = Field(16, ge=0, description="state length S per layer (0 turns the memory off)")
-    state_update: Literal["replace", "gated"] = Field(
+    state_update: Literal["replace", "gated", "residual"] = Field(
         "replace", description="replace: the write rows become the next state (the Om design); gated: a learned "
-        "per-channel mix of the old state and the write rows")
+        "per-channel mix of the old state and the write rows; residual: the write rows are added to the old state "
+        "and each row is rescaled to unit RMS, so keeping what is there is the default and the size stays bounded")
+    state_positions: Literal["around", "aligned", "unrotated"] = Field(
+        "around", description="where RoPE puts the state rows, relative to the segment's first row at 0: around: "
+        "read rows at -S..-1 and write rows at L..L+S-1; aligned: write row j at read row j's position -S+j, so "
+        "copying a row is a zero-distance match; unrotated: every state row at 0, i.e. RoPE leaves state rows as they are")
     stem_kernels: list[int] = Field(default_factory=lambda: [2, 3, 4], description="causal conv stem kernel widths ([] disables the stem)")
     positional: Positional = Field("rope", description="rope | cope | rope+cope | none")
     rope_base: float = Field(10000.0, gt=1.0)

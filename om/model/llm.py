@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from om.model.arc import ARCformer
 from om.model.config import OmConfig
@@ -24,7 +25,14 @@ class OmLLM(PretrainedMixin, nn.Module):
     logits as one call (up to float rounding): the input is cut at segment boundaries, and a
     partial segment is continued from the per-pass key/value cache in the state. Feeding one token
     at a time therefore costs attention over at most S + L rows per pass per layer.
+
+    `activation_checkpointing` (an attribute, off by default): while gradients are being recorded,
+    keep only each segment's inputs and recompute its layers in the backward pass, so that training
+    memory for activations grows with one segment rather than with the whole sample (about a third
+    more compute). The results and gradients are the same.
     """
+
+    activation_checkpointing: bool = False
 
     def __init__(self, config: OmConfig):
         super().__init__()
@@ -88,16 +96,32 @@ class OmLLM(PretrainedMixin, nn.Module):
             n = min(T - start, L - into_segment)
             finish = into_segment + n == L
             h = x[:, start : start + n]
-            for i, layer in enumerate(self.layers):
-                out = layer.extend(h, layer_states[i], offset, caches[i], finish)
-                h, caches[i] = out.y, out.cache
-                if finish:
-                    layer_states[i] = out.next_state
+            if self.activation_checkpointing and finish and into_segment == 0 and torch.is_grad_enabled():
+                h, layer_states = self._checkpointed_segment(h, layer_states, offset)
+            else:
+                for i, layer in enumerate(self.layers):
+                    out = layer.extend(h, layer_states[i], offset, caches[i], finish)
+                    h, caches[i] = out.y, out.cache
+                    if finish:
+                        layer_states[i] = out.next_state
             outputs.append(h)
             start, offset = start + n, offset + n
         h = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
         logits = self.head(self.norm(h))[..., : self.config.vocab_size]
         return logits, OmState(layer_states, caches, stem_tail, offset)
+
+    def _checkpointed_segment(self, h: Tensor, layer_states: list[Tensor], offset: int) -> tuple[Tensor, list[Tensor]]:
+        """One whole segment through every layer, recomputed in backward: (h, states) -> (h, next states)."""
+
+        def run(h: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
+            next_states = []
+            for layer, state in zip(self.layers, states):
+                h, next_state = layer(h, state, offset)
+                next_states.append(next_state)
+            return (h, *next_states)
+
+        h, *next_states = checkpoint(run, h, *layer_states, use_reentrant=False)
+        return h, next_states
 
     def loss(self, tokens: Tensor, targets: Tensor, state: OmState | None = None) -> tuple[Tensor, OmState]:
         """Mean next-token cross-entropy in nats: tokens, targets (B, T) -> (scalar, state)."""

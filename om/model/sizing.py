@@ -74,14 +74,21 @@ class MemoryEstimate:
         return f"about {format_bytes(self.total)} ({', '.join(parts)}) {self.what}"
 
 
-def training_estimate(c: OmConfig, micro_batch_size: int, seq_len: int) -> MemoryEstimate:
-    """Training one micro batch of `seq_len` tokens per sample with AdamW."""
+def training_estimate(c: OmConfig, micro_batch_size: int, seq_len: int, activation_checkpointing: bool = False) -> MemoryEstimate:
+    """Training one micro batch of `seq_len` tokens per sample with AdamW. `activation_checkpointing`
+    (`OmLLM.activation_checkpointing`): each segment keeps only its input, its output and the layer
+    states it starts from, and one segment's layers are recomputed (all their activations) at a time."""
     n = parameter_count(c)
     segments = -(-seq_len // c.segment_len)
-    per_sample = c.n_layers * segments * _segment_activations(c)
+    if activation_checkpointing:
+        kept = 2 * c.segment_len * c.dim + c.n_layers * c.state_len * c.dim  # input and output rows, states
+        per_sample = segments * kept + c.n_layers * _segment_activations(c)
+    else:
+        per_sample = c.n_layers * segments * _segment_activations(c)
     per_sample += seq_len * _stem_width(c) + 3 * seq_len * c.padded_vocab_size  # stem; logits, float copy, grad
+    recomputed = ", activation checkpointing" if activation_checkpointing else ""
     return MemoryEstimate(
-        what=f"to train with micro batches of {micro_batch_size} x {seq_len} tokens",
+        what=f"to train with micro batches of {micro_batch_size} x {seq_len} tokens{recomputed}",
         parameters=n * FLOAT_BYTES,
         gradients=n * FLOAT_BYTES,
         optimizer=2 * n * FLOAT_BYTES,

@@ -161,7 +161,10 @@ class Distributed:
     # The model -------------------------------------------------------------------------------------
     def wrap(self, model: nn.Module, seq_len: int) -> nn.Module:
         """`model` in DistributedDataParallel (which also copies rank 0's weights to every rank), or
-        `model` itself in one process. `seq_len`: tokens per training sample."""
+        `model` itself in one process. `seq_len`: tokens of the shortest training sample (with
+        `train.curriculum` the lengths change by step; a longer sample uses every parameter a
+        shorter one does, so parameters that the shortest leaves unused are the only ones DDP has
+        to look for)."""
         if not self.active:
             return model
         from torch.nn.parallel import DistributedDataParallel

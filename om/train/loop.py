@@ -20,7 +20,7 @@ from om.model.config import OmConfig
 from om.model.loss import next_token_loss
 from om.model.sizing import check_fits, training_estimate
 from om.model.state import OmState
-from om.train.batches import BatchSampler, byte_count
+from om.train.batches import BatchSampler, LengthSchedule, byte_count
 from om.train.distributed import Distributed
 from om.train.model_card import CARD_FILE, model_card
 from om.train.optim import make_optimizer
@@ -165,8 +165,10 @@ class Trainer:
             device = resolve_device(t.device)
         self.dist = Distributed.setup(r.distributed, device)
         self.device = self.dist.device
-        # Refuse a model that cannot fit before preparing data or allocating anything.
-        check_fits(training_estimate(r.model, t.micro_batch_size, t.segments_per_sample * r.model.segment_len), self.device, self.source)
+        # Refuse a model that cannot fit before preparing data or allocating anything (the longest samples).
+        longest = max(n for _, n in t.length_schedule()) * r.model.segment_len
+        estimate = training_estimate(r.model, t.micro_batch_size, longest, t.activation_checkpointing)
+        check_fits(estimate, self.device, self.source)
         if not self.dist.is_main:
             self.show_progress, self.log = False, (lambda text: None)
         with self.dist.local_first():  # one rank per machine prepares data.sources into the cache
@@ -182,8 +184,9 @@ class Trainer:
         self.config = r.model.model_copy(update={"vocab_size": codec.vocab_size})
         self.config = OmConfig.model_validate(self.config.model_dump())
         r.model = self.config  # the resolved recipe records the vocabulary actually used
-        self.seq_len = t.segments_per_sample * self.config.segment_len
-        self.sampler = BatchSampler(self.dataset.split("train"), self.seq_len, t.micro_batch_size, t.grad_accum, t.seed, t.state)
+        # Tokens per sample by step (train.curriculum; one length without it).
+        self.lengths = LengthSchedule([(step, n * self.config.segment_len) for step, n in t.length_schedule()])
+        self.sampler = BatchSampler(self.dataset.split("train"), self.lengths, t.micro_batch_size, t.grad_accum, t.seed, t.state)
         self.micros = self.dist.micro_indices(t.grad_accum)  # this rank's micro batches of every step
         self.decision = self.folder.decide_resume(
             self.resume, self.config, r, self.dataset.fingerprint, self.source, clean=self.dist.is_main
@@ -200,7 +203,9 @@ class Trainer:
         if self.resume_from is not None:
             self._load_resume(self.decision)
         self.dist.fork_rng(t.seed, self.p.step)
-        model = self.dist.wrap(self.model, self.seq_len)
+        # The same math either way (only what backward keeps differs), so it may change on resume.
+        self.model.activation_checkpointing = t.activation_checkpointing
+        model = self.dist.wrap(self.model, self.lengths.shortest)
         self.step_model = torch.compile(model) if t.compile else model
 
         self.dist.barrier()  # every rank has read the run folder (resume) before rank 0 writes to it
@@ -320,7 +325,7 @@ class Trainer:
 
     def _trainer_meta(self) -> dict:
         t = self.recipe.train
-        data_position = {"mode": t.state, "next_step": self.p.step}
+        data_position = {"mode": t.state, "next_step": self.p.step, "next_seq_len": self.lengths.at(self.p.step)}
         if t.state == "carry":
             data_position["stream_positions"] = [
                 int(s) for m in range(t.grad_accum) for s in self.sampler.positions(self.p.step, m)[0]

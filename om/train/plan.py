@@ -81,16 +81,19 @@ def _data(recipe: Recipe, source: str) -> dict:
 
 def plan_run(recipe: Recipe, run_dir: str | Path, resume: str = "auto", source: str = "recipe") -> dict:
     """Check everything a run of `recipe` into `run_dir` would check first; return the plan as a
-    JSON-ready dict (run_dir, resume_from, resume, device, data, model, parameters, memory, recipe)."""
+    JSON-ready dict (run_dir, resume_from, resume, device, data, model, parameters, tokens_per_step,
+    schedule, activation_checkpointing, stop, memory, recipe)."""
     from om.device import resolve_device
-    from om.train.batches import BatchSampler
+    from om.train.batches import BatchSampler, LengthSchedule
 
     t = recipe.train
     check_sinks(recipe.out.log_sinks, source)
     with renamed_keys({"device": "train.device"}, where=source):
         device = resolve_device(t.device)
-    seq_len = t.segments_per_sample * recipe.model.segment_len
-    check_fits(training_estimate(recipe.model, t.micro_batch_size, seq_len), device, source)
+    L = recipe.model.segment_len
+    lengths = LengthSchedule([(step, n * L) for step, n in t.length_schedule()])
+    seq_len = lengths.longest  # the memory estimate is that of the longest samples
+    check_fits(training_estimate(recipe.model, t.micro_batch_size, seq_len, t.activation_checkpointing), device, source)
     data = _data(recipe, source)
     split = data.pop("_split", None)
     if "vocab_size" in recipe.model.model_fields_set and recipe.model.vocab_size != data["vocab_size"]:
@@ -100,8 +103,8 @@ def plan_run(recipe: Recipe, run_dir: str | Path, resume: str = "auto", source: 
         )
     config = OmConfig.model_validate({**recipe.model.model_dump(), "vocab_size": data["vocab_size"]})
     if split is not None:
-        BatchSampler(split, seq_len, t.micro_batch_size, t.grad_accum, t.seed, t.state)  # enough tokens?
-    estimate = training_estimate(config, t.micro_batch_size, seq_len)
+        BatchSampler(split, lengths, t.micro_batch_size, t.grad_accum, t.seed, t.state)  # enough tokens?
+    estimate = training_estimate(config, t.micro_batch_size, seq_len, t.activation_checkpointing)
     check_fits(estimate, device, source)
     free = available_bytes(device)
     resolved = recipe.model_copy(update={"model": config})
@@ -116,7 +119,12 @@ def plan_run(recipe: Recipe, run_dir: str | Path, resume: str = "auto", source: 
         "data": data,
         "model": config.to_dict(),
         "parameters": parameter_count(config),
-        "tokens_per_step": t.micro_batch_size * t.grad_accum * seq_len,
+        "tokens_per_step": t.micro_batch_size * t.grad_accum * lengths.at(decision.step),  # at the step the run starts
+        "schedule": [
+            {"step": step, "segments_per_sample": n, "seq_len": n * L, "tokens_per_step": t.micro_batch_size * t.grad_accum * n * L}
+            for step, n in t.length_schedule()
+        ],
+        "activation_checkpointing": t.activation_checkpointing,
         "stop": {"max_steps": t.max_steps, "max_bytes": t.max_bytes, "max_minutes": t.max_minutes},
         "memory": {
             "parameters": estimate.parameters,

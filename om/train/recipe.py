@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from om.errors import OmUserError, renamed_keys
 from om.model.config import OmConfig
@@ -93,6 +93,11 @@ class TrainSection(BaseModel):
     state: Literal["reset", "carry"] = Field(
         "reset", description="reset: each sample starts from the learned initial state; carry: rows read contiguous streams"
     )
+    curriculum: list[tuple[int, int]] | None = Field(
+        None,
+        description="[[step, segments_per_sample], ...] from step 0, steps increasing: from each step on, samples are that "
+        "many segments long (carry: the truncated-backprop window); sets segments_per_sample to the last entry",
+    )
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     max_bytes: int | None = Field(None, ge=1, description="stop after this many original bytes of training targets")
     max_minutes: float | None = Field(None, gt=0, description="stop after this much wall-clock training time")
@@ -106,6 +111,11 @@ class TrainSection(BaseModel):
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm (null: no clipping)")
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
+    activation_checkpointing: bool = Field(
+        False,
+        description="recompute each segment's layers in backward: activation memory of one segment, not the whole sample, "
+        "for about a third more compute (same results)",
+    )
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
@@ -123,13 +133,50 @@ class TrainSection(BaseModel):
     )
     max_skips: int = Field(10, ge=0, description="with on_nonfinite_loss: skip, stop once more steps than this were skipped")
 
+    @field_validator("curriculum")
+    @classmethod
+    def _check_curriculum(cls, entries: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
+        if entries is None:
+            return None
+        if not entries:
+            raise ValueError("is empty; give [[0, segments], [step, segments], ...] or leave it out")
+        if entries[0][0] != 0:
+            raise ValueError(f"the first entry must start at step 0 (got {list(entries[0])})")
+        for (a, _), (b, _) in zip(entries, entries[1:]):
+            if b <= a:
+                raise ValueError(f"steps must be strictly increasing ({a} then {b})")
+        for step, n in entries:
+            if n < 1:
+                raise ValueError(f"segments_per_sample must be at least 1 (got {n} at step {step})")
+        return entries
+
     @model_validator(mode="after")
     def _check(self) -> "TrainSection":
         if self.max_steps is None and self.max_bytes is None and self.max_minutes is None:
             raise ValueError("give a stop rule: train.max_steps, train.max_bytes or train.max_minutes")
         if self.min_lr > self.lr:
             raise ValueError(f"train.min_lr ({self.min_lr}) is larger than train.lr ({self.lr})")
+        if self.curriculum is not None:
+            last = self.curriculum[-1][1]
+            if "segments_per_sample" in self.model_fields_set and self.segments_per_sample != last:
+                raise ValueError(
+                    f"train.segments_per_sample ({self.segments_per_sample}) differs from the last train.curriculum entry "
+                    f"({last} segments); leave train.segments_per_sample out (the curriculum sets it) or set it to {last}"
+                )
+            self.segments_per_sample = last  # the length the run ends with, in the resolved recipe
         return self
+
+    def length_schedule(self) -> list[tuple[int, int]]:
+        """(first step, segments per sample) pairs: the curriculum, or [(0, segments_per_sample)]."""
+        return [tuple(e) for e in self.curriculum] if self.curriculum is not None else [(0, self.segments_per_sample)]
+
+    def segments_at(self, step: int) -> int:
+        """Segments per sample at `step`."""
+        current = self.length_schedule()[0][1]
+        for first, n in self.length_schedule():
+            if first <= step:
+                current = n
+        return current
 
 
 class OutSection(BaseModel):
@@ -288,6 +335,10 @@ def format_validation_error(source: str, err: ValidationError, overrides: dict[s
         msg = f"{where}: {path}: required key is missing"
     elif first["type"] in ("value_error", "assertion_error") or not loc:
         text = first["msg"].removeprefix("Value error, ")
+        # A section's own check names the keys it is about: credit the one a --set gave, if any.
+        named = [k for k in re.findall(r"\b[a-z_]+\.[a-z_]+\b", text) if path and k.startswith(path + ".")]
+        if named:
+            where = next((w for w in (_where(source, k, overrides) for k in named) if w != source), source)
         msg = f"{where}: {path + ': ' if path else ''}{text}"
     else:
         msg = f"{where}: {path}: {first['msg']} (got {_show(first.get('input'))})"

@@ -46,13 +46,15 @@ CSV_FILES = ("train.csv", "eval.csv", "skip.csv")  # out.log_sinks: csv, one fil
 TENSORBOARD_DIR = "tensorboard"  # out.log_sinks: tensorboard
 
 # Recipe keys that may differ between a run and its continuation under `--resume auto`: they decide
-# when the run stops, what it logs and evaluates, how often it saves, and where and how fast it runs,
-# not what it learns from which batches. A key path ending in "." stands for its whole section.
+# when the run stops, what it logs and evaluates, how often it saves, and where and how fast it runs
+# (activation checkpointing recomputes the same numbers), not what it learns from which batches
+# (so `train.curriculum`, which sets the sample length of every step, is not among them). A key
+# path ending in "." stands for its whole section.
 CONTINUATION_KEYS = (
     "train.max_steps", "train.max_bytes", "train.max_minutes",
     "train.log_every", "train.eval_every", "train.eval_tokens", "train.eval_bytes", "train.eval_batch",
     "train.checkpoint_every", "train.keep_last",
-    "train.device", "train.threads", "train.compile",
+    "train.device", "train.threads", "train.compile", "train.activation_checkpointing",
     "train.on_nonfinite_loss", "train.max_skips",
     "out.", "distributed.",
 )
