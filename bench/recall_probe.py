@@ -206,10 +206,7 @@ def train_probe_model(out: Path, overrides: dict, minutes: float, seed: int = 0,
         else:
             tokens, answers = streams.next(reach)
             if state is not None:
-                fresh = model.init_state(rows)
-                restart = torch.from_numpy(rng.random(rows) < 1.0 / reset_every)
-                state.layer_states = [torch.where(restart[:, None, None], f, s) for s, f in zip(state.layer_states, fresh.layer_states)]
-                state.stem_tail = torch.where(restart[:, None, None], fresh.stem_tail, state.stem_tail)
+                state = state.restart_rows(rng.random(rows) < 1.0 / reset_every, model.init_state(rows))
         logits, state = model(tokens[:, :-1], state)
         state = state.detach() if streams is not None else None
         mask = answers[:, 1:]

@@ -61,6 +61,22 @@ class OmState:
         index = torch.as_tensor(rows, dtype=torch.long, device=self.stem_tail.device)
         return self._map(lambda t: t.index_select(0, index))
 
+    def restart_rows(self, rows, fresh: "OmState") -> "OmState":
+        """Rows where `rows` (B,) bool is True take `fresh` (an `init_state`), the others continue
+        this state, which must sit at a segment boundary (no cache). The offset is re-based to 0:
+        RoPE is relative, so only where segments start matters, and every step sees the same positions."""
+        mask = torch.as_tensor(rows, device=fresh.stem_tail.device)
+
+        def pick(new: Tensor, old: Tensor) -> Tensor:
+            return torch.where(mask.view(-1, *([1] * (new.dim() - 1))), new, old)
+
+        return OmState(
+            layer_states=[pick(a, b) for a, b in zip(fresh.layer_states, self.layer_states)],
+            caches=[None] * len(fresh.caches),
+            stem_tail=pick(fresh.stem_tail, self.stem_tail),
+            offset=0,
+        )
+
     def to_dict(self) -> dict[str, Tensor]:
         """A flat dict of contiguous tensors (for safetensors)."""
         d: dict[str, Tensor] = {

@@ -20,7 +20,7 @@ from om.model.config import OmConfig
 from om.model.loss import next_token_loss
 from om.model.sizing import check_fits, training_estimate
 from om.model.state import OmState
-from om.train.batches import BatchSampler, LengthSchedule, byte_count
+from om.train.batches import BatchSampler, byte_count
 from om.train.distributed import Distributed
 from om.train.model_card import CARD_FILE, model_card
 from om.train.optim import make_optimizer
@@ -67,24 +67,6 @@ class _Progress:
     train_s: float = 0.0  # time spent in training steps only
     skipped: int = 0  # steps skipped for a non-finite loss or gradient
     window: dict = field(default_factory=lambda: {"nats": 0.0, "tokens": 0, "bytes": 0, "steps": 0, "train_s": 0.0})
-
-
-def _mix_state(carried: OmState, init: OmState, reset) -> OmState:
-    """Rows where `reset` is True take the initial state, the others continue `carried`."""
-    mask = torch.as_tensor(reset, device=init.stem_tail.device)
-
-    def pick(new, old):
-        m = mask.view(-1, *([1] * (new.dim() - 1)))
-        return torch.where(m, new, old)
-
-    # Carried states sit at a segment boundary (samples are whole segments), so there is no cache.
-    # RoPE is relative, so the stream offset is re-based to 0: every step sees the same positions.
-    return OmState(
-        layer_states=[pick(a, b) for a, b in zip(init.layer_states, carried.layer_states)],
-        caches=[None] * len(init.caches),
-        stem_tail=pick(init.stem_tail, carried.stem_tail),
-        offset=0,
-    )
 
 
 def _rng_state() -> dict:
@@ -165,9 +147,10 @@ class Trainer:
             device = resolve_device(t.device)
         self.dist = Distributed.setup(r.distributed, device)
         self.device = self.dist.device
+        # Tokens per sample by step (train.curriculum; one length without it).
+        self.lengths = t.sample_lengths(r.model.segment_len)
         # Refuse a model that cannot fit before preparing data or allocating anything (the longest samples).
-        longest = max(n for _, n in t.length_schedule()) * r.model.segment_len
-        estimate = training_estimate(r.model, t.micro_batch_size, longest, t.activation_checkpointing)
+        estimate = training_estimate(r.model, t.micro_batch_size, self.lengths.longest, t.activation_checkpointing)
         check_fits(estimate, self.device, self.source)
         if not self.dist.is_main:
             self.show_progress, self.log = False, (lambda text: None)
@@ -184,8 +167,6 @@ class Trainer:
         self.config = r.model.model_copy(update={"vocab_size": codec.vocab_size})
         self.config = OmConfig.model_validate(self.config.model_dump())
         r.model = self.config  # the resolved recipe records the vocabulary actually used
-        # Tokens per sample by step (train.curriculum; one length without it).
-        self.lengths = LengthSchedule([(step, n * self.config.segment_len) for step, n in t.length_schedule()])
         self.sampler = BatchSampler(self.dataset.split("train"), self.lengths, t.micro_batch_size, t.grad_accum, t.seed, t.state)
         self.micros = self.dist.micro_indices(t.grad_accum)  # this rank's micro batches of every step
         self.decision = self.folder.decide_resume(
@@ -269,7 +250,7 @@ class Trainer:
             x, y = batch.inputs.to(self.device), batch.targets.to(self.device)
             state = None
             if t.state == "carry" and self.carried[micro] is not None and not batch.reset.all():
-                state = _mix_state(self.carried[micro], self.model.init_state(x.shape[0]), batch.reset)
+                state = self.carried[micro].restart_rows(batch.reset, self.model.init_state(x.shape[0]))
             # Several processes: gradients are all-reduced (averaged) on the last micro batch only.
             with self.dist.sync_grads(last=i == len(self.micros) - 1):
                 with autocast(self.device, t.precision):

@@ -84,14 +84,14 @@ def plan_run(recipe: Recipe, run_dir: str | Path, resume: str = "auto", source: 
     JSON-ready dict (run_dir, resume_from, resume, device, data, model, parameters, tokens_per_step,
     schedule, activation_checkpointing, stop, memory, recipe)."""
     from om.device import resolve_device
-    from om.train.batches import BatchSampler, LengthSchedule
+    from om.train.batches import BatchSampler
 
     t = recipe.train
     check_sinks(recipe.out.log_sinks, source)
     with renamed_keys({"device": "train.device"}, where=source):
         device = resolve_device(t.device)
     L = recipe.model.segment_len
-    lengths = LengthSchedule([(step, n * L) for step, n in t.length_schedule()])
+    lengths = t.sample_lengths(L)
     seq_len = lengths.longest  # the memory estimate is that of the longest samples
     check_fits(training_estimate(recipe.model, t.micro_batch_size, seq_len, t.activation_checkpointing), device, source)
     data = _data(recipe, source)

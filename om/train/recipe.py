@@ -170,13 +170,11 @@ class TrainSection(BaseModel):
         """(first step, segments per sample) pairs: the curriculum, or [(0, segments_per_sample)]."""
         return [tuple(e) for e in self.curriculum] if self.curriculum is not None else [(0, self.segments_per_sample)]
 
-    def segments_at(self, step: int) -> int:
-        """Segments per sample at `step`."""
-        current = self.length_schedule()[0][1]
-        for first, n in self.length_schedule():
-            if first <= step:
-                current = n
-        return current
+    def sample_lengths(self, segment_len: int):
+        """Tokens per sample by step, as a `LengthSchedule` (segments per sample x `segment_len`)."""
+        from om.train.batches import LengthSchedule
+
+        return LengthSchedule([(step, n * segment_len) for step, n in self.length_schedule()])
 
 
 class OutSection(BaseModel):
