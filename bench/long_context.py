@@ -347,7 +347,7 @@ def run_checkpoint(ckpt, docs: Sequence[Document], tail: int, near: int, window:
             log(f"  {doc.name}: {doc.size:,} bytes, tail none/near/all {r['none']:.4f}/{r['near']:.4f}/{r['far']:.4f} bits/byte")
     bands = byte_bands(buckets)
     config = ckpt.config
-    horizon = trained_horizon(ckpt.trainer, config.segment_len)
+    horizon = trained_horizon(ckpt.trainer, config.segment_tokens)
     tokens = sum(b["tokens"] for doc in buckets for b in doc)
     nbytes = sum(b["bytes"] for doc in buckets for b in doc)
     bytes_per_token = nbytes / tokens if tokens else 1.0

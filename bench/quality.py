@@ -44,6 +44,13 @@ VARIANTS = {
     "om-bytes-memory-off": dict(codec="bytes", model={"state_len": 0}),
     "om-chars": dict(codec="chars", model={}),
     "om-sentencepiece-1024": dict(codec="sentencepiece", vocab_size=1024, model={}),
+    # Patched (recipes/shakespeare-bytes-patched.yaml for P=4): the layers run once per patch of P
+    # bytes, so segments hold segment_len * P bytes; a depthwise stem (stem_groups = dim) costs
+    # almost nothing per byte. Samples stay 256 bytes long.
+    "om-bytes-patched-4": dict(codec="bytes", model={"patch_size": 4, "stem_groups": 128},
+                               train={"segments_per_sample": 2}),
+    "om-bytes-patched-8": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_groups": 128,
+                                                     "stem_kernels": [2, 4, 8]}, train={"segments_per_sample": 2}),
 }
 
 
@@ -169,11 +176,12 @@ def main() -> None:
         model = {**OM_MODEL, **variant["model"]}
         if variant["model"].get("state_len") == 0:
             model = memory_off_model(OM_MODEL, vocab)
-        run_dir = train_om(name, dataset, model, args.minutes)
+        run_dir = train_om(name, dataset, model, args.minutes, {**TRAIN, **variant.get("train", {})})
         report = eval_om(run_dir, val_txt)
         last = last_train_row(run_dir)
         results[name] = {"bits_per_byte": report["bits_per_byte"], "parameters": param_count(model, vocab),
-                         "train_bytes": last.get("bytes"), "steps": last.get("step"), "model": model}
+                         "train_bytes": last.get("bytes"), "steps": last.get("step"), "model": model,
+                         "train": variant.get("train", {})}
         results_file.write_text(json.dumps(results, indent=2))
     if "plain" in wanted:
         results["plain-transformer"] = train_plain(prepared("bytes", None, train_txt), args.minutes, val_txt)

@@ -1,10 +1,14 @@
 """Speed, as ratios measured in one run: Om vs a plain Transformer, FLOP utilisation, precisions.
 
-    python -m bench.speed [--steps 6] [--no-compile] [--no-write]
+    python -m bench.speed [--size reference|headline] [--steps 6] [--no-compile] [--no-write]
 
-1. Training bytes/s of the reference Om byte model (4 layers, dim 256, L 128, S 16) vs the plain
-   pre-norm Transformer of `bench/plain_transformer.py` at matched parameters (width searched so
-   the counts agree within 5%) and the same context (512 bytes = 4 segments).
+1. Training bytes/s and FLOPs per byte of Om byte models vs the plain pre-norm Transformer of
+   `bench/plain_transformer.py`, on the same batch. `--size reference` (the default): the reference
+   model (4 layers, dim 256, L 128, S 16), batch 8 x 512 bytes, the plain Transformer at matched
+   parameters (width searched so the counts agree within 5%). `--size headline`: the Shakespeare
+   quality table's model (bench/quality.py OM_MODEL), batch 16 x 256 bytes, the plain Transformer
+   of the same width and depth. Each size also gets Om with a depthwise stem and patched Om
+   (patch_size 4 and 8, depthwise stem: the settings of bench/quality.py's patched rows).
 2. Model FLOP utilisation: matmul FLOPs of a training step (counted by torch's FlopCounterMode:
    mm, bmm, convolutions, attention) per second, over the machine's dense fp32 matmul peak
    (torch.matmul on large squares, best of several sizes, same run).
@@ -28,6 +32,28 @@ from bench.report import machine, markdown_table, write_section
 from om import OmConfig, OmLLM
 
 BATCH, SEGMENTS = 8, 4
+
+
+def size_models(size: str) -> tuple[dict, int, int]:
+    """(Om config, batch rows, bytes per row) of a `--size`."""
+    if size == "headline":
+        from bench.quality import OM_MODEL
+
+        return dict(OM_MODEL, vocab_size=256), 16, 256
+    return dict(REFERENCE), BATCH, SEGMENTS * REFERENCE["segment_len"]
+
+
+def om_variants(base: dict) -> dict[str, dict]:
+    """The Om rows of table 1: the model as it is, with a depthwise stem, and patched (P 4 and 8)."""
+    depthwise = {"stem_groups": base["dim"]}
+    return {
+        "Om": base,
+        "Om, depthwise stem": {**base, **depthwise},
+        "Om patched P=4, depthwise stem": {**base, **depthwise, "patch_size": 4},
+        "Om patched P=8, depthwise stem, stem [2, 4, 8]": {**base, **depthwise, "patch_size": 8,
+                                                        "segment_len": max(1, base["segment_len"] // 2),
+                                                        "stem_kernels": [2, 4, 8]},
+    }
 
 
 def matmul_peak_gflops() -> float:
@@ -66,15 +92,15 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def matched_plain(om_params: int, context: int) -> PlainTransformer:
+def matched_plain(om_params: int, context: int, n_layers: int) -> PlainTransformer:
     """Same depth, heads of 64, width chosen so the parameter count is closest to `om_params`."""
     best = None
     for dim in range(128, 1025, 32):
-        model = PlainTransformer(256, dim, REFERENCE["n_layers"], max(1, dim // 64), context)
+        model = PlainTransformer(256, dim, n_layers, max(1, dim // 64), context)
         gap = abs(model.num_parameters() - om_params) / om_params
         if best is None or gap < best[0]:
             best = (gap, dim)
-    return PlainTransformer(256, best[1], REFERENCE["n_layers"], max(1, best[1] // 64), context)
+    return PlainTransformer(256, best[1], n_layers, max(1, best[1] // 64), context)
 
 
 def measure_variant(label: str, key: str, steps: int, data: torch.Tensor) -> tuple[float, float]:
@@ -105,6 +131,7 @@ def measure_in_subprocess(label: str, key: str, steps: int) -> tuple[float | str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=["reference", "headline"], default="reference")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-write", action="store_true")
@@ -118,18 +145,23 @@ def main() -> None:
         print(json.dumps({"rate": rate, "first_call_s": first}))
         return
 
+    base, rows, context = size_models(args.size)
     torch.manual_seed(0)
-    om_model = OmLLM(OmConfig(**REFERENCE))
-    context = SEGMENTS * REFERENCE["segment_len"]
-    plain = matched_plain(om_model.num_parameters(), context)
-    data = torch.randint(0, 256, (BATCH, context + 1))
-    bytes_per_step = BATCH * context
+    models = {name: OmLLM(OmConfig(**config)) for name, config in om_variants(base).items()}
+    if args.size == "headline":
+        plain = PlainTransformer(256, base["dim"], base["n_layers"], base["n_heads"], context, base["mlp_ratio"])
+    else:
+        plain = matched_plain(models["Om"].num_parameters(), context, base["n_layers"])
+    models["plain Transformer"] = plain
+    data = torch.randint(0, 256, (rows, context + 1))
+    bytes_per_step = rows * context
     peak = matmul_peak_gflops()
     print(f"matmul peak {peak:.1f} GFLOP/s", flush=True)
 
-    # 1 + 2: Om vs plain, fp32 training, with FLOP utilisation.
+    # 1 + 2: Om (as it is, depthwise stem, patched) vs plain, fp32 training, with FLOP utilisation.
     speed_rows, speeds = [], {}
-    for name, model in (("Om", om_model), ("plain Transformer", plain)):
+    for name, model in models.items():
+        torch.manual_seed(0)
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         fn = step_fn(model, data, True, "fp32", opt)
@@ -137,10 +169,23 @@ def main() -> None:
         seconds = time_steps(fn, args.steps, warmup=2)
         speeds[name] = bytes_per_step / seconds
         achieved = flops / seconds / 1e9
-        speed_rows.append([name, f"{model.num_parameters():,}", f"{flops / bytes_per_step / 1e6:.1f}",
-                           f"{speeds[name]:,.0f}", f"{achieved:.1f}", f"{achieved / peak:.0%}"])
+        speed_rows.append([name, f"{model.num_parameters():,}", f"{flops / bytes_per_step / 1e6:.2f}",
+                           f"{speeds[name]:,.0f}", f"{speeds[name] / speeds['Om'] if 'Om' in speeds else 1:.2f}x",
+                           f"{achieved:.1f}", f"{achieved / peak:.0%}"])
         print(speed_rows[-1], flush=True)
     ratio = speeds["Om"] / speeds["plain Transformer"]
+    if args.size == "headline":  # table 3 is the reference model's
+        text = (f"Om / plain training speed ratio: {ratio:.2f}; dense fp32 matmul peak: {peak:.1f} GFLOP/s.\n\n"
+                + markdown_table([f"model (fp32, batch {rows} x {context})", "parameters", "MFLOP/byte (fwd+bwd)",
+                                  "train bytes/s", "vs Om", "GFLOP/s", "MFU"], speed_rows))
+        print(text)
+        if not args.no_write:
+            write_section("speed-headline", "## 2b. Speed at the headline size (Shakespeare model)\n\n"
+                          f"Machine: {machine()}\n\nCommand: `python -m bench.speed --size headline --steps {args.steps}`"
+                          f"\n\nOm model: `{base}`; the patched and depthwise rows change only what their names say "
+                          "(P=8 halves segment_len, so a segment keeps 128+ bytes). Plain Transformer: same width, "
+                          f"depth and heads, context {context}.\n\n" + text)
+        return
 
     # 3: precisions and compile, Om only. Each compiled measurement runs in its own process: a
     # crash inside the compiler (native aborts have happened on CPU) becomes a row, not a lost run.
@@ -162,7 +207,7 @@ def main() -> None:
         precision_rows.append(row)
         print(row, flush=True)
 
-    columns = ["model (fp32, batch 8 x 512)", "parameters", "MFLOP/byte (fwd+bwd)", "train bytes/s", "GFLOP/s", "MFU"]
+    columns = ["model (fp32, batch 8 x 512)", "parameters", "MFLOP/byte (fwd+bwd)", "train bytes/s", "vs Om", "GFLOP/s", "MFU"]
     table1 = markdown_table(columns, speed_rows)
     table2 = markdown_table(["Om reference model", "train bytes/s", "vs fp32", "eval bytes/s", "vs fp32"], precision_rows)
     compile_note = ""

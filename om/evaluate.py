@@ -21,7 +21,7 @@ row still has (at most `window`), and a row whose input has ended is dropped wit
 `OmState.select`. Per-input totals therefore equal evaluating each input alone.
 
 By position: the NLL and bytes of each prediction are attributed to the segment index of the
-token the prediction is made from (stream position // segment_len, counted from the start of the
+token the prediction is made from (stream position // tokens per segment, counted from the start of the
 stream, including any cached context). Segments 0..63 get a bucket each; beyond that, buckets
 double in width (64-127, 128-255, ...), so the table stays short for inputs of any length.
 """
@@ -365,7 +365,7 @@ class PositionBucket:
 class EvalResult:
     """What `evaluate` returns: per-input rows (in input order), totals, and timing.
 
-    by_position: buckets in segment order (None unless asked for); segment_len: the model's L.
+    by_position: buckets in segment order (None unless asked for); segment_len: tokens per segment (the model's L, times patch_size).
     """
 
     inputs: list[StreamResult]
@@ -484,8 +484,8 @@ def validation_inputs(checkpoint, tokens: int | None = None, streams: int = 1) -
 
 # Evaluation --------------------------------------------------------------------------------------
 def default_window(config, batch_size: int) -> int:
-    """Tokens per forward call: a multiple of segment_len keeping the float32 logits near 64 MiB."""
-    L = config.segment_len
+    """Tokens per forward call: a multiple of a segment's tokens keeping the float32 logits near 64 MiB."""
+    L = config.segment_tokens
     fit = LOGITS_BUDGET // max(1, batch_size * config.vocab_size * 4)
     return max(L, min(MAX_WINDOW, fit) // L * L)
 
@@ -636,7 +636,7 @@ def evaluate(
     context = context or StreamContext.fresh(codec)
     window = window or default_window(model.config, min(batch_size, max(1, len(sources))))
     results = [StreamResult(s.name) for s in sources]
-    positions = _Positions(model.config.segment_len, codec) if by_position else None
+    positions = _Positions(model.config.segment_tokens, codec) if by_position else None
     # Group inputs of similar (known) size so that rows of a group end at about the same time.
     order = sorted(range(len(sources)), key=lambda i: -(sources[i].size if sources[i].size is not None else -1))
     counter = _Progress(progress, codec, sources) if progress is not None else None
@@ -649,7 +649,7 @@ def evaluate(
     seconds = time.perf_counter() - t0
     return EvalResult(
         inputs=results,
-        segment_len=model.config.segment_len,
+        segment_len=model.config.segment_tokens,
         seconds=seconds,
         peak_rss_mb=peak_rss_mb(),
         by_position=positions.result() if positions is not None else None,

@@ -153,14 +153,14 @@ def eval_command(
         "checkpoint": {"path": str(ckpt.path), "fingerprint": ckpt.fingerprint},
         "codec": {"name": ckpt.codec.name, "vocab_size": ckpt.codec.vocab_size},
         "context_cache": str(context_cache) if context_cache is not None else None,
-        "segment_len": ckpt.config.segment_len,
+        "segment_len": ckpt.config.segment_tokens,
         "batch_size": batch_size,
         "threads": used_threads,
     }
     if plot is not None:
         from om.plot import plot_by_position
 
-        plot_by_position(report["by_position"], ckpt.config.segment_len, plot, title=f"{ckpt.path}: bits/byte by position")
+        plot_by_position(report["by_position"], ckpt.config.segment_tokens, plot, title=f"{ckpt.path}: bits/byte by position")
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         sys.stdout.flush()

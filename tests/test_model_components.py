@@ -316,6 +316,7 @@ def test_cope_changes_the_logits():
         {"dims_key": [8], "dims_value": [8]},
         {"positional": "rope+cope", "state_update": "gated", "tie_embeddings": False,
          "dims_key": [8, 6, 4], "dims_value": [8, 4, 6]},
+        {"patch_size": 2, "decoder_layers": 2, "stem_groups": 4},
     ],
 )
 def test_every_weight_gets_a_gradient(overrides):
@@ -371,6 +372,8 @@ def test_checkpoints_of_the_old_layout_still_load(overrides):
         {"dims_key": [8], "dims_value": [8]},
         {"dims_key": [8], "dims_value": [4], "state_len": 0},
         {"dims_key": [8, 6, 4], "dims_value": [8, 4, 2]},
+        {"patch_size": 3, "stem_groups": 4, "decoder_layers": 2},
+        {"patch_size": 2, "decoder_layers": 0, "state_len": 0},
     ],
 )
 def test_parameter_count_matches_the_built_model(overrides):
@@ -404,6 +407,8 @@ def test_config_round_trips_through_json():
         (dict(segment_len=0), "segment_len"),
         (dict(dim_model=3), "dim_model"),
         (dict(dims_key=[1, 8], dims_value=[8, 8]), "rotate"),
+        (dict(stem_groups=3), "stem_groups"),
+        (dict(patch_size=0), "patch_size"),
     ],
 )
 def test_config_rejects_bad_values_naming_them(bad, message):

@@ -19,6 +19,9 @@ CONFIGS = {
     "gated-state": dict(state_update="gated"),
     "residual-state-aligned": dict(state_update="residual", state_positions="aligned"),
     "unrotated-state": dict(state_positions="unrotated"),
+    "patched-2": dict(patch_size=2),
+    "patched-3-depthwise-stem": dict(patch_size=3, stem_groups=32, decoder_layers=2),
+    "patched-4-no-stem-no-memory": dict(patch_size=4, stem_kernels=[], state_len=0, decoder_layers=0),
 }
 MODELS = {name: tiny_model(seed=i, **cfg) for i, (name, cfg) in enumerate(CONFIGS.items())}
 
@@ -61,27 +64,29 @@ def test_one_token_at_a_time_equals_one_call(name):
     assert (whole - stepped).abs().max().item() <= 1e-4
 
 
-def test_streaming_continues_from_a_saved_state_dict():
-    model = MODELS["rope+cope"]
+@pytest.mark.parametrize("name", ["rope+cope", "patched-3-depthwise-stem"])
+def test_streaming_continues_from_a_saved_state_dict(name):
+    model = MODELS[name]
     tokens = torch.randint(0, model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         whole, _ = model(tokens)
-        _, state = model(tokens[:, :13])  # mid-segment: the cache is part of the state
+        _, state = model(tokens[:, :13])  # mid-segment (and mid-patch): the cache and patch tail are part of the state
         restored = OmState.from_dict({k: v.clone() for k, v in state.to_dict().items()})
         rest, _ = model(tokens[:, 13:], restored)
     assert restored.offset == 13
     assert (whole[:, 13:] - rest).abs().max().item() <= 1e-4
 
 
-def test_state_size_does_not_grow_with_tokens_consumed():
-    model = MODELS["rope"]
-    L, S = model.config.segment_len, model.config.state_len
+@pytest.mark.parametrize("name", ["rope", "patched-2"])
+def test_state_size_does_not_grow_with_tokens_consumed(name):
+    model = MODELS[name]
+    L, S, P = model.config.segment_len, model.config.state_len, model.config.patch_size
     sizes_by_phase = {}
     state = None
     with torch.no_grad():
-        for step in range(20 * L + 3):
+        for step in range(20 * L * P + 3):
             _, state = model(torch.tensor([[step % 50]]), state)
-            phase = state.offset % L
+            phase = state.offset % (L * P)
             sizes_by_phase.setdefault(phase, set()).add(state.num_bytes())
             for cache in state.caches:
                 for k, v in cache or ():
@@ -92,21 +97,14 @@ def test_state_size_does_not_grow_with_tokens_consumed():
     assert max(max(s) for s in sizes_by_phase.values()) < 20 * L * model.config.dim * 4
 
 
-def test_state_detach_and_select():
-    model = tiny_model(seed=3)
-    model.train(False)
-    tokens = torch.randint(0, model.config.vocab_size, (3, 11))
-    logits, state = model(tokens)
-    assert all(t.requires_grad for t in state.layer_states)
-    detached = state.detach()
-    assert not any(t.requires_grad for t in detached.tensors())
-    picked = detached.select([2, 0])
-    assert picked.batch_size == 2
-    assert torch.equal(picked.stem_tail[0], detached.stem_tail[2])
-    with pytest.raises(ValueError, match="batch size"):
-        model(tokens[:2], detached)
-
-
-def test_from_dict_rejects_garbage():
-    with pytest.raises(ValueError, match="not a valid Om state"):
-        OmState.from_dict({"stem_tail": torch.zeros(1)})
+def test_a_patched_trunk_runs_once_per_patch_when_fed_one_token_at_a_time(monkeypatch):
+    model = MODELS["patched-3-depthwise-stem"]
+    P, rows = model.config.patch_size, []
+    layer = model.layers[0]
+    original = layer.extend
+    monkeypatch.setattr(layer, "extend", lambda x, *args: (rows.append(x.shape[1]), original(x, *args))[1])
+    state = None
+    with torch.no_grad():
+        for step in range(7 * P):
+            _, state = model(torch.tensor([[step % 50]]), state)
+    assert rows == [1] * 7  # one trunk row per completed patch, none for the tokens in between

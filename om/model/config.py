@@ -42,6 +42,12 @@ class OmConfig(BaseModel):
         "read rows at -S..-1 and write rows at L..L+S-1; aligned: write row j at read row j's position -S+j, so "
         "copying a row is a zero-distance match; unrotated: every state row at 0, i.e. RoPE leaves state rows as they are")
     stem_kernels: list[int] = Field(default_factory=lambda: [2, 3, 4], description="causal conv stem kernel widths ([] disables the stem)")
+    stem_groups: int = Field(1, ge=1, description="groups of each stem convolution: 1 is dense (D*D*k multiply-adds per "
+                             "token), dim is depthwise (D*k); dim must be a multiple of it")
+    patch_size: int = Field(1, ge=1, description="tokens per trunk position: with P > 1 the ARC layers run once per "
+                            "patch of P tokens and a local decoder predicts each token (see om/model/patching.py); "
+                            "segment_len and state_len then count patches")
+    decoder_layers: int = Field(1, ge=0, description="residual MLP blocks of the local decoder (patch_size > 1 only)")
     positional: Positional = Field("rope", description="rope | cope | rope+cope | none")
     rope_base: float = Field(10000.0, gt=1.0)
     rope_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of each head's q/k dims that RoPE rotates")
@@ -69,6 +75,8 @@ class OmConfig(BaseModel):
                     raise ValueError(f"dims_key entry {d} leaves no pair of dims to rotate with rope_fraction={self.rope_fraction}")
         if any(k < 1 for k in self.stem_kernels):
             raise ValueError(f"stem_kernels must be >= 1, got {self.stem_kernels}")
+        if self.dim % self.stem_groups:
+            raise ValueError(f"stem_groups {self.stem_groups} does not divide dim {self.dim}")
         return self
 
     # Derived quantities -------------------------------------------------------------------------
@@ -84,6 +92,11 @@ class OmConfig(BaseModel):
     @property
     def mlp_hidden(self) -> int:
         return max(1, int(round(self.dim * self.mlp_ratio)))
+
+    @property
+    def segment_tokens(self) -> int:
+        """Tokens per segment: segment_len trunk positions of patch_size tokens each."""
+        return self.segment_len * self.patch_size
 
     @property
     def stem_tail_len(self) -> int:

@@ -1,4 +1,5 @@
-"""`OmLLM`: embedding -> causal conv stem -> ARCformer layers -> norm -> head, streamed by segment."""
+"""`OmLLM`: embedding -> causal conv stem -> ARCformer layers -> norm -> head, streamed by segment
+(with `patch_size` > 1 the layers run on patches, between a patch encoder and a local decoder)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 from om.model.arc import ARCformer
 from om.model.config import OmConfig
 from om.model.loss import next_token_loss
+from om.model.patching import PatchCodec
 from om.model.pretrained import PretrainedMixin
 from om.model.state import OmState
 from om.model.stem import CausalConvStem
@@ -26,6 +28,10 @@ class OmLLM(PretrainedMixin, nn.Module):
     partial segment is continued from the per-pass key/value cache in the state. Feeding one token
     at a time therefore costs attention over at most S + L rows per pass per layer.
 
+    With `patch_size` P > 1 the layers run once per P tokens (`om.model.patching`): segments and
+    states count patches, a partial patch waits in the state (`patch_tail`), and each token's
+    logits come from a local decoder reading the trunk's output for the patches already complete.
+
     `activation_checkpointing` (an attribute, off by default): while gradients are being recorded,
     keep only each segment's inputs and recompute its layers in the backward pass, so that training
     memory for activations grows with one segment rather than with the whole sample (about a third
@@ -38,7 +44,8 @@ class OmLLM(PretrainedMixin, nn.Module):
         super().__init__()
         self.config = c = config
         self.embed = nn.Embedding(c.padded_vocab_size, c.dim)
-        self.stem = CausalConvStem(c.dim, c.stem_kernels)
+        self.stem = CausalConvStem(c.dim, c.stem_kernels, c.stem_groups)
+        self.patch = PatchCodec(c) if c.patch_size > 1 else None
         self.layers = nn.ModuleList(ARCformer(c) for _ in range(c.n_layers))
         self.norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
         self.head = nn.Linear(c.dim, c.padded_vocab_size, bias=False)
@@ -49,6 +56,8 @@ class OmLLM(PretrainedMixin, nn.Module):
         for layer in self.layers:
             for proj in (layer.arc.proj_out, layer.mlp_out):
                 nn.init.normal_(proj.weight, std=c.init_std / math.sqrt(2 * c.n_layers))
+        for block in self.patch.blocks if self.patch is not None else ():
+            nn.init.normal_(block.mlp_out.weight, std=c.init_std / math.sqrt(2 * max(1, c.decoder_layers)))
             if layer.state_gate is not None:
                 nn.init.constant_(layer.state_gate.bias, 1.0)  # start by keeping ~73% of the old state
 
@@ -72,11 +81,14 @@ class OmLLM(PretrainedMixin, nn.Module):
     def init_state(self, batch_size: int) -> OmState:
         """The state at the start of a stream: each layer's learned initial state, an empty stem tail."""
         c, weight = self.config, self.embed.weight
+        patched = self.patch is not None
         return OmState(
             layer_states=[layer.initial_state.unsqueeze(0).expand(batch_size, -1, -1) for layer in self.layers],
             caches=[None] * c.n_layers,
             stem_tail=weight.new_zeros(batch_size, self.stem.tail_len, c.dim),
             offset=0,
+            patch_tail=weight.new_zeros(batch_size, c.patch_size - 1, c.dim) if patched else None,
+            context=self.patch.start.unsqueeze(0).expand(batch_size, -1) if patched else None,
         )
 
     def forward(self, tokens: Tensor, state: OmState | None = None) -> tuple[Tensor, OmState]:
@@ -87,17 +99,46 @@ class OmLLM(PretrainedMixin, nn.Module):
             state = self.init_state(B)
         elif state.batch_size != B:
             raise ValueError(f"state has batch size {state.batch_size} but tokens have {B}")
-        L = self.config.segment_len
         x, stem_tail = self.stem(self.embed(tokens), state.stem_tail)
         layer_states, caches = list(state.layer_states), list(state.caches)
-        offset, start, outputs = state.offset, 0, []
-        while start < T:
+        if self.patch is None:
+            h = self._trunk(x, layer_states, caches, state.offset)
+            patch_tail = context = None
+        else:
+            h, patch_tail, context = self._patched(x, state, layer_states, caches)
+        logits = self.head(self.norm(h))[..., : self.config.vocab_size]
+        return logits, OmState(layer_states, caches, stem_tail, state.offset + T, patch_tail, context)
+
+    def _patched(self, x: Tensor, state: OmState, layer_states: list, caches: list) -> tuple[Tensor, Tensor, Tensor]:
+        """Stem features x (B, T, D) of a patched model -> decoder features (B, T, D), the next patch
+        tail and context; the trunk runs on the patches completed here (updating layer_states and caches)."""
+        P, T = self.config.patch_size, x.shape[1]
+        done = state.offset % P  # tokens of the current patch already read (their features are in the tail)
+        pending = torch.cat((state.patch_tail[:, P - 1 - done :], x), dim=1) if done else x
+        n = pending.shape[1] // P
+        contexts = state.context.unsqueeze(1)
+        if n:
+            o = self._trunk(self.patch.encode(pending[:, : n * P]), layer_states, caches, state.offset // P)
+            contexts = torch.cat((contexts, self.patch.context(o)), dim=1)
+        # The prediction at stream position a reads the trunk after the patches complete at a: (a+1) // P of them.
+        ahead = torch.arange(T, device=x.device) + state.offset + 1
+        context = contexts.index_select(1, ahead // P - state.offset // P)
+        h = self.patch.decode(x, context, ahead % P)
+        patch_tail = torch.cat((state.patch_tail, x), dim=1)[:, -(P - 1) :]
+        return h, patch_tail, contexts[:, -1]
+
+    def _trunk(self, x: Tensor, layer_states: list[Tensor], caches: list, offset: int) -> Tensor:
+        """Trunk rows x (B, n, D) at trunk position `offset` through every layer, segment by segment:
+        -> (B, n, D); layer_states and caches (lists, one entry per layer) are updated in place."""
+        L, n = self.config.segment_len, x.shape[1]
+        start, outputs = 0, []
+        while start < n:
             into_segment = offset % L
-            n = min(T - start, L - into_segment)
-            finish = into_segment + n == L
-            h = x[:, start : start + n]
+            count = min(n - start, L - into_segment)
+            finish = into_segment + count == L
+            h = x[:, start : start + count]
             if self.activation_checkpointing and finish and into_segment == 0 and torch.is_grad_enabled():
-                h, layer_states = self._checkpointed_segment(h, layer_states, offset)
+                h, layer_states[:] = self._checkpointed_segment(h, layer_states, offset)
             else:
                 for i, layer in enumerate(self.layers):
                     out = layer.extend(h, layer_states[i], offset, caches[i], finish)
@@ -105,10 +146,8 @@ class OmLLM(PretrainedMixin, nn.Module):
                     if finish:
                         layer_states[i] = out.next_state
             outputs.append(h)
-            start, offset = start + n, offset + n
-        h = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
-        logits = self.head(self.norm(h))[..., : self.config.vocab_size]
-        return logits, OmState(layer_states, caches, stem_tail, offset)
+            start, offset = start + count, offset + count
+        return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
 
     def _checkpointed_segment(self, h: Tensor, layer_states: list[Tensor], offset: int) -> tuple[Tensor, list[Tensor]]:
         """One whole segment through every layer, recomputed in backward: (h, states) -> (h, next states)."""

@@ -23,7 +23,7 @@ def parameter_count(c: OmConfig) -> int:
     roles = 3 if S > 0 else 1
     embed = c.padded_vocab_size * D
     head = 0 if c.tie_embeddings else c.padded_vocab_size * D
-    stem = sum(D * D * k + D for k in c.stem_kernels)
+    stem = sum(D * D // c.stem_groups * k + D for k in c.stem_kernels)
     d_in = [D] + c.dims_value[:-1]  # what each pass projects, per head
     arc = sum(roles * H * d_in[p] * (2 * c.dims_key[p] + c.dims_value[p]) for p in range(c.n_passes))  # q|k|v per role
     if S > 0:
@@ -35,7 +35,11 @@ def parameter_count(c: OmConfig) -> int:
     layer = norms * 2 * D + arc + 2 * D * c.mlp_hidden + S * D  # LayerNorms, ARC, MLP, initial state
     if c.state_update == "gated" and S > 0:
         layer += D * D + D  # the state gate
-    return embed + head + stem + c.n_layers * layer + 2 * D
+    patching = 0
+    if c.patch_size > 1:  # encoder, start context, context norm and projection, phases, decoder blocks
+        P = c.patch_size
+        patching = P * D * D + D + 2 * D + D * D + P * D + c.decoder_layers * (2 * D + 2 * D * c.mlp_hidden)
+    return embed + head + stem + c.n_layers * layer + 2 * D + patching
 
 
 def _segment_activations(c: OmConfig) -> int:
@@ -79,7 +83,7 @@ def training_estimate(c: OmConfig, micro_batch_size: int, seq_len: int, activati
     (`OmLLM.activation_checkpointing`): each segment keeps only its input, its output and the layer
     states it starts from, and one segment's layers are recomputed (all their activations) at a time."""
     n = parameter_count(c)
-    segments = -(-seq_len // c.segment_len)
+    segments = -(-seq_len // c.segment_tokens)
     if activation_checkpointing:
         kept = 2 * c.segment_len * c.dim + c.n_layers * c.state_len * c.dim  # input and output rows, states
         per_sample = segments * kept + c.n_layers * _segment_activations(c)
@@ -97,14 +101,15 @@ def training_estimate(c: OmConfig, micro_batch_size: int, seq_len: int, activati
 
 
 def _stem_width(c: OmConfig) -> int:
-    """Floats per token kept by the embedding and the stem's convolutions."""
-    return c.dim * (2 + 2 * len(c.stem_kernels))
+    """Floats per token kept by the embedding, the stem's convolutions and a patched model's decoder."""
+    decoder = 0 if c.patch_size == 1 else 3 * c.dim + c.decoder_layers * (2 * c.dim + 2 * c.mlp_hidden)
+    return c.dim * (2 + 2 * len(c.stem_kernels)) + decoder
 
 
 def inference_estimate(c: OmConfig, batch_size: int = 1) -> MemoryEstimate:
     """Running the model without gradients, one segment at a time, `batch_size` streams."""
     n = parameter_count(c)
-    per_segment = _segment_activations(c) + c.segment_len * (_stem_width(c) + c.padded_vocab_size)
+    per_segment = _segment_activations(c) + c.segment_tokens * (_stem_width(c) + c.padded_vocab_size)
     return MemoryEstimate(
         what="to run the model",
         parameters=n * FLOAT_BYTES,

@@ -19,6 +19,9 @@ class OmState:
         segment boundary); at most S + L rows each.
     stem_tail: (B, max(k)-1, D) the last embedded inputs, so the conv stem continues exactly.
     offset: tokens consumed so far (the stream position of the next token).
+    patch_tail, context: only with `patch_size` P > 1 (else None): (B, P-1, D) the stem features of
+        the last P-1 tokens (the first offset % P of the current patch are read from its end), and
+        (B, D) the decoder's context, the normalised trunk output after the last complete patch.
 
     Its size never depends on `offset`.
     """
@@ -27,6 +30,8 @@ class OmState:
     caches: list[SegmentCache | None]
     stem_tail: Tensor
     offset: int = 0
+    patch_tail: Tensor | None = None
+    context: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -34,6 +39,7 @@ class OmState:
 
     def tensors(self) -> list[Tensor]:
         out = list(self.layer_states) + [self.stem_tail]
+        out += [t for t in (self.patch_tail, self.context) if t is not None]
         for cache in self.caches:
             for k, v in cache or ():
                 out += [k, v]
@@ -48,6 +54,8 @@ class OmState:
             caches=[None if c is None else tuple((fn(k), fn(v)) for k, v in c) for c in self.caches],
             stem_tail=fn(self.stem_tail),
             offset=self.offset,
+            patch_tail=None if self.patch_tail is None else fn(self.patch_tail),
+            context=None if self.context is None else fn(self.context),
         )
 
     def detach(self) -> "OmState":
@@ -75,6 +83,8 @@ class OmState:
             caches=[None] * len(fresh.caches),
             stem_tail=pick(fresh.stem_tail, self.stem_tail),
             offset=0,
+            patch_tail=None if fresh.patch_tail is None else pick(fresh.patch_tail, self.patch_tail),
+            context=None if fresh.context is None else pick(fresh.context, self.context),
         )
 
     def to_dict(self) -> dict[str, Tensor]:
@@ -83,6 +93,9 @@ class OmState:
             "offset": torch.tensor([self.offset], dtype=torch.int64),
             "stem_tail": self.stem_tail,
         }
+        for name in ("patch_tail", "context"):
+            if getattr(self, name) is not None:
+                d[name] = getattr(self, name)
         for i, s in enumerate(self.layer_states):
             d[f"layers.{i}.state"] = s
             for p, (k, v) in enumerate(self.caches[i] or ()):
@@ -103,6 +116,6 @@ class OmState:
                     cache.append((d[f"layers.{i}.cache.{p}.k"], d[f"layers.{i}.cache.{p}.v"]))
                     p += 1
                 caches.append(tuple(cache) if cache else None)
-            return cls(layer_states, caches, d["stem_tail"], offset)
+            return cls(layer_states, caches, d["stem_tail"], offset, d.get("patch_tail"), d.get("context"))
         except (KeyError, ValueError, IndexError) as err:
             raise ValueError(f"not a valid Om state dict: {err}") from None

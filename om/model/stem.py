@@ -11,17 +11,17 @@ class CausalConvStem(nn.Module):
 
     Output position t depends on inputs t-k+1..t only. To continue a stream exactly, the last
     max(k) - 1 inputs of the previous chunk (the `tail`, zeros at the start of a stream) are
-    prepended.
+    prepended. `groups` as in `nn.Conv1d`: 1 is dense, `dim` depthwise.
 
     `forward(x, tail) -> (y, next_tail)`: x (B, T, D), tail (B, max(k)-1, D) -> y (B, T, D),
     next_tail (B, max(k)-1, D).
     """
 
-    def __init__(self, dim: int, kernels: list[int]):
+    def __init__(self, dim: int, kernels: list[int], groups: int = 1):
         super().__init__()
         self.kernels = list(kernels)
         self.tail_len = max(self.kernels, default=1) - 1
-        self.convs = nn.ModuleList(nn.Conv1d(dim, dim, k, bias=True) for k in self.kernels)
+        self.convs = nn.ModuleList(nn.Conv1d(dim, dim, k, groups=groups, bias=True) for k in self.kernels)
 
     def forward(self, x: Tensor, tail: Tensor) -> tuple[Tensor, Tensor]:
         if not self.kernels:

@@ -148,7 +148,7 @@ class Trainer:
         self.dist = Distributed.setup(r.distributed, device)
         self.device = self.dist.device
         # Tokens per sample by step (train.curriculum; one length without it).
-        self.lengths = t.sample_lengths(r.model.segment_len)
+        self.lengths = t.sample_lengths(r.model.segment_tokens)
         # Refuse a model that cannot fit before preparing data or allocating anything (the longest samples).
         estimate = training_estimate(r.model, t.micro_batch_size, self.lengths.longest, t.activation_checkpointing)
         check_fits(estimate, self.device, self.source)

@@ -90,7 +90,7 @@ def plan_run(recipe: Recipe, run_dir: str | Path, resume: str = "auto", source: 
     check_sinks(recipe.out.log_sinks, source)
     with renamed_keys({"device": "train.device"}, where=source):
         device = resolve_device(t.device)
-    L = recipe.model.segment_len
+    L = recipe.model.segment_tokens
     lengths = t.sample_lengths(L)
     seq_len = lengths.longest  # the memory estimate is that of the longest samples
     check_fits(training_estimate(recipe.model, t.micro_batch_size, seq_len, t.activation_checkpointing), device, source)

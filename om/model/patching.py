@@ -1,0 +1,69 @@
+"""Patching: the trunk runs once per patch of `patch_size` tokens, a small local decoder per token.
+
+With `OmConfig.patch_size` P > 1, `OmLLM` reads tokens (bytes) through the embedding and the
+causal stem as usual, then:
+
+    stem features of tokens jP..jP+P-1 --encode--> patch j --ARC layers (over patches)--> o_j
+    the prediction made at token t (of the token after it) --decode--> from
+        the stem feature of t (it sees the bytes of the current patch so far, up to max(k) back),
+        the trunk's output after the last patch completed at or before t (or a learned start
+        context before the first one), and the phase (t + 1) mod P (bytes since that patch).
+
+So the logits at t depend on tokens <= t only, and the trunk advances once every P tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from om.model.config import OmConfig
+
+
+class PatchCodec(nn.Module):
+    """The patch encoder and the per-token decoder around a patched trunk.
+
+    `encode(x)`: x (B, n*P, D) stem features of n complete patches -> (B, n, D) trunk inputs.
+    `context(o)`: trunk outputs (B, n, D) -> the contexts the decoder reads (B, n, D), normalised.
+    `start` (D,): the context before the first patch of a stream is complete.
+    `decode(x, context, phase)`: x (B, T, D) stem features, context (B, T, D) per token, phase
+    (T,) int64 in 0..P-1 -> (B, T, D) features for the final norm and head.
+    """
+
+    def __init__(self, config: OmConfig):
+        super().__init__()
+        c = config
+        self.patch_size = P = c.patch_size
+        self.encoder = nn.Linear(P * c.dim, c.dim, bias=False)
+        self.start = nn.Parameter(torch.randn(c.dim) * c.init_std)
+        self.context_norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.context_proj = nn.Linear(c.dim, c.dim, bias=False)
+        self.phase = nn.Embedding(P, c.dim)
+        self.blocks = nn.ModuleList(_MLPBlock(c) for _ in range(c.decoder_layers))
+
+    def encode(self, x: Tensor) -> Tensor:
+        B, T, D = x.shape
+        return self.encoder(x.reshape(B, T // self.patch_size, self.patch_size * D))
+
+    def context(self, o: Tensor) -> Tensor:
+        return self.context_norm(o)
+
+    def decode(self, x: Tensor, context: Tensor, phase: Tensor) -> Tensor:
+        h = x + self.context_proj(context) + self.phase(phase)
+        for block in self.blocks:
+            h = block(h)
+        return h
+
+
+class _MLPBlock(nn.Module):
+    """Pre-norm residual MLP on each token alone: (B, T, D) -> (B, T, D)."""
+
+    def __init__(self, c: OmConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.mlp_in = nn.Linear(c.dim, c.mlp_hidden, bias=False)
+        self.mlp_out = nn.Linear(c.mlp_hidden, c.dim, bias=False)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.mlp_out(F.gelu(self.mlp_in(self.norm(h))))
