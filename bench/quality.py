@@ -44,6 +44,11 @@ VARIANTS = {
     "om-bytes-memory-off": dict(codec="bytes", model={"state_len": 0}),
     "om-chars": dict(codec="chars", model={}),
     "om-sentencepiece-1024": dict(codec="sentencepiece", vocab_size=1024, model={}),
+    # The long-horizon settings of recipes/long-memory.yaml: carried state, the residual update and
+    # a backprop window growing from 4 to 8 to 16 segments.
+    "om-bytes-long-memory": dict(codec="bytes", model={"state_update": "residual"},
+                                 train={"state": "carry", "segments_per_sample": None,
+                                        "curriculum": [[0, 4], [1500, 8], [3000, 16]]}),
     # Patched (recipes/shakespeare-bytes-patched.yaml for P=4): the layers run once per patch of P
     # bytes, so segments hold segment_len * P bytes; a depthwise stem (stem_groups = dim) costs
     # almost nothing per byte. Samples stay 256 bytes long.
@@ -51,6 +56,11 @@ VARIANTS = {
                                train={"segments_per_sample": 2}),
     "om-bytes-patched-8": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_groups": 128,
                                                      "stem_kernels": [2, 4, 8]}, train={"segments_per_sample": 2}),
+    # P=4 trained for long streams: 4 segments of 16 patches (3 state handoffs per sample rather
+    # than 1) and the state carried across steps with the residual update (recipes/long-memory.yaml).
+    "om-bytes-patched-4-carry": dict(codec="bytes", model={"patch_size": 4, "segment_len": 16, "stem_groups": 128,
+                                                           "state_update": "residual"},
+                                     train={"segments_per_sample": 4, "state": "carry"}),
 }
 
 
@@ -176,7 +186,8 @@ def main() -> None:
         model = {**OM_MODEL, **variant["model"]}
         if variant["model"].get("state_len") == 0:
             model = memory_off_model(OM_MODEL, vocab)
-        run_dir = train_om(name, dataset, model, args.minutes, {**TRAIN, **variant.get("train", {})})
+        train = {k: v for k, v in {**TRAIN, **variant.get("train", {})}.items() if v is not None}
+        run_dir = train_om(name, dataset, model, args.minutes, train)
         report = eval_om(run_dir, val_txt)
         last = last_train_row(run_dir)
         results[name] = {"bits_per_byte": report["bits_per_byte"], "parameters": param_count(model, vocab),
@@ -209,6 +220,9 @@ def main() -> None:
             "`bench/plain_transformer.py`, same width/depth/heads, context = segments_per_sample x segment_len, "
             "evaluated with a sliding window of stride context/2. Compressors: 8 x compressed size / size of val.txt.\n\n"
             + table
+            + "\n\nRows that change the Om model or training (everything else as above):\n\n"
+            + "\n".join(f"- {name}: model `{VARIANTS[name]['model']}`, training `{VARIANTS[name].get('train', {})}`"
+                        for name in results if VARIANTS.get(name, {}).get("model") or VARIANTS.get(name, {}).get("train"))
         )
         write_section("quality", body)
 

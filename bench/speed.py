@@ -87,7 +87,16 @@ def step_fn(model, data, train: bool, precision: str, optimizer=None):
 
 
 def count_flops(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
+    """FLOPs of one call of fn. The counter is a dispatch mode, under which SDPA's CausalBias (a
+    tensor subclass) cannot be created, so attention gets the same causal mask as a bool tensor."""
+    from unittest import mock
+
+    import om.model.attention as attention
+
+    def as_tensor(n: int, total: int) -> torch.Tensor:
+        return attention.causal_allowed(n, total, torch.device("cpu"))
+
+    with mock.patch.object(attention, "causal_lower_right", as_tensor), FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
 

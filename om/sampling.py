@@ -146,6 +146,34 @@ def encode_prompt(codec, prompt: bytes, errors: str = "strict") -> np.ndarray:
     return np.asarray(codec.encoder(errors=errors, source="prompt").encode(prompt, final=True), dtype=np.int64)
 
 
+def random_seed() -> int:
+    """A seed from the OS, 0..2^63-1."""
+    return int.from_bytes(os.urandom(8), "little") >> 1
+
+
+def _banned(codec, vocab: int, end_at_separator: bool) -> torch.Tensor:
+    """(V,) bool: the ids never generated (special ids other than the separator, unless that is
+    banned too; for bytes, the reserved ids above it that stand for no byte)."""
+    sep = int(codec.doc_sep_id)
+    banned = [i for i in special_ids(codec) if (i != sep or not end_at_separator) and i < vocab]
+    if codec.name == "bytes":
+        banned += [i for i in range(256, vocab) if i != sep]
+    mask = torch.zeros(vocab, dtype=torch.bool)
+    mask[banned] = True
+    return mask
+
+
+def _after_prompt(model, codec, prompt_ids: np.ndarray, context: StreamContext | None):
+    """Feed the context's pending token and the prompt for one stream: (logits (1, 1, V) of the
+    last one, state)."""
+    context = context or StreamContext.fresh(codec)
+    device = next(model.parameters()).device
+    state = context.state_for(model, 1)
+    ids = np.concatenate((np.array([context.pending], dtype=np.int64), prompt_ids.astype(np.int64)))
+    state = feed(model, state, ids[:-1], default_window(model.config, 1))
+    return model(torch.tensor([[int(ids[-1])]], device=device), state)
+
+
 def generate_ids(
     model,
     codec,
@@ -159,30 +187,18 @@ def generate_ids(
     With `end_at_separator=False` the separator is never generated (benchmarks use that to get a
     generation of a fixed length). The model runs only when the next id is requested.
     """
-    seed = options.seed if options.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+    seed = options.seed if options.seed is not None else random_seed()
     generator = torch.Generator().manual_seed(seed)
-    context = context or StreamContext.fresh(codec)
-    sep = int(codec.doc_sep_id)
-    vocab = model.config.vocab_size
-    banned = [i for i in special_ids(codec) if (i != sep or not end_at_separator) and i < vocab]
-    if codec.name == "bytes":  # ids reserved above doc_sep stand for no byte
-        banned += [i for i in range(256, vocab) if i != sep]
-    banned_mask = torch.zeros(vocab, dtype=torch.bool)
-    banned_mask[banned] = True
-    device = next(model.parameters()).device
+    banned_mask = _banned(codec, model.config.vocab_size, end_at_separator)
+    sep, device = int(codec.doc_sep_id), next(model.parameters()).device
     was_training = model.training
     model.eval()
     # Inference mode is entered per call, never held across a yield (the caller's code runs there).
     try:
         with torch.inference_mode():
-            state = context.state_for(model, 1)
-            ids = np.concatenate((np.array([context.pending], dtype=np.int64), prompt_ids.astype(np.int64)))
-            state = feed(model, state, ids[:-1], default_window(model.config, 1))
-            logits, state = model(torch.tensor([[int(ids[-1])]], device=device), state)
+            logits, state = _after_prompt(model, codec, prompt_ids, context)
         while True:
-            last = logits[0, -1].float().cpu()
-            if banned:
-                last = last.masked_fill(banned_mask, float("-inf"))
+            last = logits[0, -1].float().cpu().masked_fill(banned_mask, float("-inf"))
             token = next_token(last, options, generator)
             if token == sep:
                 return
@@ -219,17 +235,17 @@ def generate(
         stop = stop.encode("utf-8")
     options = SamplingOptions(max_bytes, temperature, top_k, top_p, seed, stop).validate()
     prompt_ids = encode_prompt(codec, bytes(prompt), errors)
-    return _emit(model, codec, prompt_ids, options, context, end_at_separator)
+    return _emit(codec, generate_ids(model, codec, prompt_ids, options, context, end_at_separator), options)
 
 
-def _emit(model, codec, prompt_ids, options: SamplingOptions, context, end_at_separator: bool) -> Iterator[bytes]:
+def _emit(codec, ids: Iterator[int], options: SamplingOptions) -> Iterator[bytes]:
     """Bytes of the generated ids, applying max_bytes and the stop string (see module docstring)."""
     max_bytes, stop = options.max_bytes, options.stop
     if max_bytes == 0:
         return
     decoder = TokenDecoder(codec)
     produced, held = 0, b""
-    for token in generate_ids(model, codec, prompt_ids, options, context, end_at_separator):
+    for token in ids:
         piece = decoder.push(token)
         if produced + len(piece) > max_bytes:
             break
@@ -258,3 +274,94 @@ def _emit(model, codec, prompt_ids, options: SamplingOptions, context, end_at_se
                 held = held[: held.find(stop)]
     if held:
         yield held
+
+
+@dataclass
+class Sample:
+    """One of `generate_many`'s continuations: its index (0-based), seed and bytes."""
+
+    index: int
+    seed: int
+    data: bytes
+
+
+def generate_many(
+    model,
+    codec,
+    prompt: bytes = b"",
+    num_samples: int = 1,
+    max_bytes: int = 256,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop: bytes | str | None = None,
+    context: StreamContext | None = None,
+    errors: str = "strict",
+    end_at_separator: bool = True,
+) -> list[Sample]:
+    """`num_samples` continuations of one prompt, generated side by side as one batch.
+
+    The prompt is read once; its state is copied to every row. Sample i draws from its own
+    generator seeded with `seed + i` (seed None: one from the OS), so it is what `generate` gives
+    with that seed alone (up to float rounding between batch shapes, which can only matter where
+    two tokens are almost exactly as likely). A row leaves the batch when it has ended (separator,
+    max_bytes or the stop string), so the others run on without it. end_at_separator=False: never
+    generate the separator, as for `generate`.
+    """
+    if isinstance(stop, str):
+        stop = stop.encode("utf-8")
+    if not 1 <= num_samples <= MAX_SAMPLES:
+        raise OmUserError(f"num_samples {num_samples}: must be from 1 to {MAX_SAMPLES}", key="num_samples")
+    options = SamplingOptions(max_bytes, temperature, top_k, top_p, seed, stop).validate()
+    prompt_ids = encode_prompt(codec, bytes(prompt), errors)
+    base = options.seed if options.seed is not None else random_seed()
+    seeds = [(base + i) % (MAX_SEED + 1) for i in range(num_samples)]
+    rows = [_Row(codec, torch.Generator().manual_seed(s), options) for s in seeds]
+    banned_mask = _banned(codec, model.config.vocab_size, end_at_separator)
+    sep, device = int(codec.doc_sep_id), next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits, state = _after_prompt(model, codec, prompt_ids, context)
+            live = [i for i in range(num_samples) if max_bytes > 0]
+            state, last = state.select([0] * len(live)), logits[:, -1].expand(len(live), -1)
+            while live:
+                masked = last.float().cpu().masked_fill(banned_mask, float("-inf"))
+                tokens = [next_token(masked[r], options, rows[i].generator) for r, i in enumerate(live)]
+                going = [r for r, (i, t) in enumerate(zip(live, tokens)) if t != sep and rows[i].take(t)]
+                if not going:
+                    break
+                if len(going) < len(live):
+                    state = state.select(going)
+                live, tokens = [live[r] for r in going], [tokens[r] for r in going]
+                logits, state = model(torch.tensor(tokens, device=device)[:, None], state)
+                last = logits[:, -1]
+    finally:
+        model.train(was_training)
+    return [Sample(i, seeds[i], b"".join(_emit(codec, iter(row.ids), options))) for i, row in enumerate(rows)]
+
+
+MAX_SAMPLES = 4096
+
+
+class _Row:
+    """One sample's generated ids, and whether its output is decided (so it needs no more)."""
+
+    def __init__(self, codec, generator: torch.Generator, options: SamplingOptions):
+        self.generator, self.options = generator, options
+        self.ids: list[int] = []
+        self.decoder, self.tail, self.produced = TokenDecoder(codec), b"", 0
+
+    def take(self, token: int) -> bool:
+        """Record a (non-separator) token; False once the output can no longer change: max_bytes
+        reached or passed, or the stop string seen (what `_emit` makes of the ids is then fixed)."""
+        self.ids.append(token)
+        piece = self.decoder.push(token)
+        self.produced += len(piece)
+        stop = self.options.stop
+        if stop is None:
+            return self.produced < self.options.max_bytes
+        self.tail = (self.tail + piece)[-(len(stop) + len(piece)) :]  # enough to see a stop string ending here
+        return self.produced < self.options.max_bytes and stop not in self.tail

@@ -47,11 +47,16 @@ def sample_command(
     errors: ErrorsChoice = errors_option(),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     threads: Optional[int] = threads_option("sample"),
+    num_samples: int = typer.Option(1, "--num-samples", "-n", help="Generate this many continuations side by side in one batch; "
+                                    "sample i uses seed + i. Each is printed after a line '==> sample i of N (seed S) <==' "
+                                    "and ends with a newline."),
+    json_output: bool = typer.Option(False, "--json", help="Print a JSON list of {sample, seed, bytes, text} instead "
+                                     "(text: the bytes as UTF-8, invalid sequences as U+FFFD)."),
 ) -> None:
     """Generate a continuation of the prompt; raw bytes on stdout, flushed as they are produced."""
     from om.checkpoint import load_checkpoint
     from om.device import resolve_device
-    from om.sampling import SamplingOptions, generate
+    from om.sampling import SamplingOptions, generate, generate_many
 
     stop_bytes = os.fsencode(stop) if stop is not None else None
     SamplingOptions(max_bytes, temperature, top_k, top_p, seed, stop_bytes).validate()
@@ -61,6 +66,20 @@ def sample_command(
     prompt_bytes = _read_prompt(prompt, prompt_file, stdin_taken=cache_on_stdin)
     ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
     context = read_context_cache(context_cache, ckpt)
+    if num_samples != 1 or json_output:
+        t0 = time.perf_counter()
+        samples = generate_many(ckpt.model, ckpt.codec, prompt_bytes, num_samples, max_bytes, temperature, top_k, top_p,
+                                seed, stop_bytes, context, errors)
+        seconds = time.perf_counter() - t0
+        _print_samples(samples, json_output)
+        total = sum(len(s.data) for s in samples)
+        stderr.print(
+            f"om sample: {len(samples)} samples, {total:,} bytes in {seconds:.2f} s "
+            f"({total / seconds if seconds > 0 else 0:,.0f} bytes/s, {used_threads} thread{'s' if used_threads != 1 else ''})",
+            markup=False,
+            highlight=False,
+        )
+        return
     pieces = generate(
         ckpt.model, ckpt.codec, prompt_bytes, max_bytes, temperature, top_k, top_p, seed, stop_bytes, context, errors
     )
@@ -81,3 +100,20 @@ def sample_command(
         markup=False,
         highlight=False,
     )
+
+
+def _print_samples(samples, json_output: bool) -> None:
+    out = sys.stdout.buffer
+    try:
+        if json_output:
+            import json
+
+            rows = [{"sample": s.index + 1, "seed": s.seed, "bytes": len(s.data), "text": s.data.decode("utf-8", "replace")}
+                    for s in samples]
+            out.write((json.dumps(rows, ensure_ascii=False) + "\n").encode("utf-8"))
+        else:
+            for s in samples:
+                out.write(f"==> sample {s.index + 1} of {len(samples)} (seed {s.seed}) <==\n".encode() + s.data + b"\n")
+        out.flush()
+    except BrokenPipeError:
+        silence_stdout()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -125,3 +126,30 @@ def test_threads_flag_and_default(ckpt, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's setting replaces the default
     assert run_cli(args).exit_code == 0 and torch.get_num_threads() == 2
     assert_one_line_error(run_cli([*args, "--threads", "0"]), "--threads 0: must be from 1 to")
+
+
+def test_num_samples_are_the_single_runs_with_seeds_in_a_row(ckpt):
+    path, model, codec = ckpt
+    flags = ["--max-bytes", "25", "--top-k", "40", "--prompt", "ab"]
+    alone = [sample_out([path, *flags, "--seed", str(7 + i)]) for i in range(4)]
+    assert len(set(alone)) > 1  # the seeds really differ
+    out = sample_out([path, *flags, "--seed", "7", "--num-samples", "4"])
+    expected = b"".join(f"==> sample {i + 1} of 4 (seed {7 + i}) <==\n".encode() + a + b"\n" for i, a in enumerate(alone))
+    assert out == expected
+    rows = json.loads(sample_out([path, *flags, "--seed", "7", "-n", "4", "--json"]))
+    assert [(r["sample"], r["seed"], r["text"], r["bytes"]) for r in rows] == [
+        (i + 1, 7 + i, a.decode("utf-8", "replace"), len(a)) for i, a in enumerate(alone)
+    ]
+    # Rows that end early (stop string, separator) leave the batch; the others run on unchanged.
+    stopped = [sample_out([path, *flags, "--seed", str(7 + i), "--stop", "e"]) for i in range(4)]
+    rows = json.loads(sample_out([path, *flags, "--seed", "7", "-n", "4", "--stop", "e", "--json"]))
+    assert [r["text"] for r in rows] == [a.decode("utf-8", "replace") for a in stopped]
+    greedy = sample_out([path, "--prompt", "ab", "--max-bytes", "25", "--temperature", "0"])
+    rows = json.loads(sample_out([path, "--prompt", "ab", "--max-bytes", "25", "--temperature", "0", "-n", "3", "--json"]))
+    assert [r["text"] for r in rows] == [greedy.decode("utf-8", "replace")] * 3
+
+
+def test_num_samples_out_of_range_is_a_one_line_error(ckpt):
+    path, _, _ = ckpt
+    result = run_cli(["sample", path, "--num-samples", "0"])
+    assert_one_line_error(result, "--num-samples 0")
