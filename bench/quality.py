@@ -31,7 +31,8 @@ from bench.report import machine, markdown_table, write_section
 
 WORK = CACHE / "quality"
 
-# The Om byte model and training of recipes/shakespeare-bytes.yaml: the best of the short search in
+# The Om byte model and training of recipes/shakespeare-bytes.yaml before it took the long-memory
+# settings (row om-bytes; the recipe as it is now is row om-bytes-long-memory): the best of the short search in
 # bench/recipe_search.py (one memory pass, 32-byte segments, 4 segments per sample, lr 4e-3).
 OM_MODEL = dict(dim=128, n_layers=2, n_heads=4, dims_key=[32], dims_value=[32], mlp_ratio=4.0,
                 segment_len=32, state_len=8, stem_kernels=[2, 3, 4], positional="rope", dropout=0.0)

@@ -41,7 +41,9 @@ def _print_plan(plan: dict, as_json: bool) -> None:
         ("device", plan["device"]),
         ("data", data),
         ("model", f"dim {m['dim']}, {m['n_layers']} layers, {m['n_heads']} heads, dims_key {m['dims_key']}, "
-                  f"dims_value {m['dims_value']}, segment_len {m['segment_len']}, state_len {m['state_len']}"),
+                  f"dims_value {m['dims_value']}, segment_len {m['segment_len']}, state_len {m['state_len']}"
+                  + (f", patch_size {m['patch_size']} (segments of {m['segment_len'] * m['patch_size']} tokens)"
+                     if m.get("patch_size", 1) > 1 else "")),
         ("parameters", f"{plan['parameters']:,}"),
         ("tokens/step", f"{plan['tokens_per_step']:,}"),
     ]
