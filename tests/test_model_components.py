@@ -234,6 +234,13 @@ def test_gated_state_update_is_a_per_channel_mix_of_old_and_new_state():
     assert "state_gate.weight" not in replace.state_dict()  # the Om design has no gate
 
 
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_every_layers_state_gate_starts_by_keeping_most_of_the_old_state(patch_size):
+    model = OmLLM(tiny_config(state_update="gated", n_layers=3, patch_size=patch_size))
+    for layer in model.layers:
+        assert torch.equal(layer.state_gate.bias, torch.ones_like(layer.state_gate.bias))
+
+
 def test_residual_state_update_adds_the_write_rows_and_stays_bounded():
     torch.manual_seed(0)
     replace = ARCformer(tiny_config())

@@ -56,10 +56,10 @@ class OmLLM(PretrainedMixin, nn.Module):
         for layer in self.layers:
             for proj in (layer.arc.proj_out, layer.mlp_out):
                 nn.init.normal_(proj.weight, std=c.init_std / math.sqrt(2 * c.n_layers))
-        for block in self.patch.blocks if self.patch is not None else ():
-            nn.init.normal_(block.mlp_out.weight, std=c.init_std / math.sqrt(2 * max(1, c.decoder_layers)))
             if layer.state_gate is not None:
                 nn.init.constant_(layer.state_gate.bias, 1.0)  # start by keeping ~73% of the old state
+        for block in self.patch.blocks if self.patch is not None else ():
+            nn.init.normal_(block.mlp_out.weight, std=c.init_std / math.sqrt(2 * max(1, c.decoder_layers)))
 
     def _init_weights(self, module: nn.Module) -> None:
         # The stem's convolutions keep PyTorch's default init (uniform, bound 1/sqrt(D*k), with
