@@ -40,6 +40,7 @@ MAX_TOP_K = 1_000_000
 MAX_BYTES = 1_000_000_000
 MAX_SEED = 2**63 - 1
 GREEDY_BELOW = 1e-4
+MAX_SAMPLES = 4096  # generate_many's num_samples
 
 
 @dataclass(frozen=True)
@@ -231,11 +232,16 @@ def generate(
     "replace" for invalid UTF-8) before anything is yielded, both raising `OmUserError`.
     end_at_separator=False: never generate the separator (always run to max_bytes or stop).
     """
-    if isinstance(stop, str):
-        stop = stop.encode("utf-8")
-    options = SamplingOptions(max_bytes, temperature, top_k, top_p, seed, stop).validate()
+    options = _checked_options(max_bytes, temperature, top_k, top_p, seed, stop)
     prompt_ids = encode_prompt(codec, bytes(prompt), errors)
     return _emit(codec, generate_ids(model, codec, prompt_ids, options, context, end_at_separator), options)
+
+
+def _checked_options(max_bytes, temperature, top_k, top_p, seed, stop: bytes | str | None) -> SamplingOptions:
+    """`SamplingOptions` validated (`OmUserError` naming the option), a str stop encoded as UTF-8."""
+    if isinstance(stop, str):
+        stop = stop.encode("utf-8")
+    return SamplingOptions(max_bytes, temperature, top_k, top_p, seed, stop).validate()
 
 
 def _emit(codec, ids: Iterator[int], options: SamplingOptions) -> Iterator[bytes]:
@@ -309,11 +315,9 @@ def generate_many(
     max_bytes or the stop string), so the others run on without it. end_at_separator=False: never
     generate the separator, as for `generate`.
     """
-    if isinstance(stop, str):
-        stop = stop.encode("utf-8")
     if not 1 <= num_samples <= MAX_SAMPLES:
         raise OmUserError(f"num_samples {num_samples}: must be from 1 to {MAX_SAMPLES}", key="num_samples")
-    options = SamplingOptions(max_bytes, temperature, top_k, top_p, seed, stop).validate()
+    options = _checked_options(max_bytes, temperature, top_k, top_p, seed, stop)
     prompt_ids = encode_prompt(codec, bytes(prompt), errors)
     base = options.seed if options.seed is not None else random_seed()
     seeds = [(base + i) % (MAX_SEED + 1) for i in range(num_samples)]
@@ -325,7 +329,7 @@ def generate_many(
     try:
         with torch.inference_mode():
             logits, state = _after_prompt(model, codec, prompt_ids, context)
-            live = [i for i in range(num_samples) if max_bytes > 0]
+            live = list(range(num_samples)) if max_bytes > 0 else []
             state, last = state.select([0] * len(live)), logits[:, -1].expand(len(live), -1)
             while live:
                 masked = last.float().cpu().masked_fill(banned_mask, float("-inf"))
@@ -341,9 +345,6 @@ def generate_many(
     finally:
         model.train(was_training)
     return [Sample(i, seeds[i], b"".join(_emit(codec, iter(row.ids), options))) for i, row in enumerate(rows)]
-
-
-MAX_SAMPLES = 4096
 
 
 class _Row:
