@@ -22,7 +22,7 @@ from bench.quality import OM_MODEL
 from bench.report import machine, markdown_table, write_section
 from om import OmConfig, OmLLM
 from om.data.codecs import BytesCodec
-from om.sampling import SamplingOptions, _emit, generate_ids, generate_many
+from om.sampling import generate, generate_many
 
 MODELS = {
     "reference": dict(dim=256, n_layers=4, segment_len=128, state_len=16),
@@ -41,9 +41,7 @@ def separate(model, codec, n: int, count: int) -> float:
     """Seconds for `count` generations of n bytes, one after another."""
     start = time.perf_counter()
     for seed in range(count):
-        options = SamplingOptions(max_bytes=n, temperature=1.0, seed=seed)
-        prompt = torch.frombuffer(bytearray(PROMPT), dtype=torch.uint8).numpy()
-        out = b"".join(_emit(codec, generate_ids(model, codec, prompt, options, end_at_separator=False), options))
+        out = b"".join(generate(model, codec, PROMPT, max_bytes=n, seed=seed, end_at_separator=False))
         assert len(out) == n
     return time.perf_counter() - start
 

@@ -41,8 +41,9 @@ def _om():
     return OmLLM(OmConfig(**OM_MODEL, vocab_size=256))
 
 
-def run_case(case: str, steps: int) -> dict:
-    """Run one case in this process; returns {first_call_s, bytes_per_s}."""
+def run_case(case: str, steps: int, compiled: bool = True) -> dict:
+    """Run one case in this process (compiled=False: the same model and step, eager); returns
+    {first_call_s, bytes_per_s}."""
     if case.endswith("1-thread"):
         torch.set_num_threads(1)
     data = torch.randint(0, 256, (BATCH, LENGTH + 1))
@@ -58,7 +59,8 @@ def run_case(case: str, steps: int) -> dict:
             return model.loss(data[:, :-1], data[:, 1:])[0]
 
     backend = "eager" if "-eager" in case and "aot" not in case else "aot_eager" if "aot-eager" in case else "inductor"
-    model.compile(backend=backend)
+    if compiled:
+        model.compile(backend=backend)
     train = "-train" in case
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if train else None
 
@@ -82,24 +84,8 @@ def run_case(case: str, steps: int) -> dict:
 
 
 def eager_rate(train: bool, steps: int) -> float:
-    model = _om()
-    data = torch.randint(0, 256, (BATCH, LENGTH + 1))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step():
-        if train:
-            model.loss(data[:, :-1], data[:, 1:])[0].backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            with torch.inference_mode():
-                model(data[:, :-1])
-
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return BATCH * LENGTH * steps / (time.perf_counter() - start)
+    """Bytes/s of eager Om, training or forward only (after one untimed step)."""
+    return run_case("om-train-inductor" if train else "om-eval-inductor", steps, compiled=False)["bytes_per_s"]
 
 
 def main() -> None:
