@@ -48,7 +48,7 @@ def sample_command(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     threads: Optional[int] = threads_option("sample"),
     num_samples: int = typer.Option(1, "--num-samples", "-n", help="Generate this many continuations side by side in one batch; "
-                                    "sample i uses seed + i. Each is printed after a line '==> sample i of N (seed S) <==' "
+                                    "sample i (from 1) uses seed + i - 1. Each is printed after a line '==> sample i of N (seed S) <==' "
                                     "and ends with a newline."),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON list of {sample, seed, bytes, text} instead "
                                      "(text: the bytes as UTF-8, invalid sequences as U+FFFD)."),
