@@ -13,6 +13,7 @@ except ImportError:  # pragma: no cover
 
 from om import __version__
 from omcli import cache as _cache
+from omcli import compress as _compress
 from omcli import eval as _eval
 from omcli import plot as _plot
 from omcli import prepare as _prepare
@@ -51,6 +52,8 @@ for _name, _command in [
     ("eval", _eval.eval_command),
     ("sample", _sample.sample_command),
     ("cache", _cache.cache_command),
+    ("compress", _compress.compress_command),
+    ("decompress", _compress.decompress_command),
     ("train", _train.train),
     ("plot", _plot.plot_command),
 ]:

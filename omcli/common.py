@@ -148,7 +148,9 @@ def errors_option():
 # thread (its matrices are too small to split); evaluation windows do when the cores are free (and
 # lose when other processes keep them busy). Re-measure on an otherwise idle machine before changing
 # these (BENCHMARKS.md, section "threads").
-DEFAULT_THREADS: dict[str, int | None] = {"eval": None, "cache": None, "sample": 1}
+# om compress: one thread; a second made it slower (docs/compress.md, "Threads"), and the
+# count is recorded in the file and set again by om decompress, as the probabilities depend on it.
+DEFAULT_THREADS: dict[str, int | None] = {"eval": None, "cache": None, "sample": 1, "compress": 1}
 MAX_THREADS = 1024
 
 
