@@ -1,8 +1,8 @@
 """Incremental generation: one token at a time through the model state and per-pass key/value cache.
 
 The prompt is fed once (in windows), then each generated token is fed alone, continuing the
-state, so the cost per generated token is attention over at most S + L rows per pass per layer,
-whatever came before.
+state through an `IncrementalDecoder` (preallocated key/value buffers), so the cost per generated
+token is attention over at most S + L rows per pass per layer, whatever came before.
 
 Conventions:
 - The stream starts from the document separator (or from a saved `StreamContext`), then the
@@ -34,6 +34,7 @@ from om.context_cache import StreamContext
 from om.data.utf8 import complete_prefix
 from om.errors import OmUserError
 from om.evaluate import default_window, feed
+from om.model.decoding import IncrementalDecoder
 
 MAX_TEMPERATURE = 100.0
 MAX_TOP_K = 1_000_000
@@ -198,14 +199,15 @@ def generate_ids(
     try:
         with torch.inference_mode():
             logits, state = _after_prompt(model, codec, prompt_ids, context)
+            decoder = IncrementalDecoder(model, state)
+        last = logits[0, -1]
         while True:
-            last = logits[0, -1].float().cpu().masked_fill(banned_mask, float("-inf"))
-            token = next_token(last, options, generator)
+            token = next_token(last.float().cpu().masked_fill(banned_mask, float("-inf")), options, generator)
             if token == sep:
                 return
             yield token
             with torch.inference_mode():
-                logits, state = model(torch.tensor([[token]], device=device), state)
+                last = decoder.step(torch.tensor([token], device=device))[0]
     finally:
         model.train(was_training)
 
@@ -330,7 +332,8 @@ def generate_many(
         with torch.inference_mode():
             logits, state = _after_prompt(model, codec, prompt_ids, context)
             live = list(range(num_samples)) if max_bytes > 0 else []
-            state, last = state.select([0] * len(live)), logits[:, -1].expand(len(live), -1)
+            decoder = IncrementalDecoder(model, state.select([0] * len(live)))
+            last = logits[:, -1].expand(len(live), -1)
             while live:
                 masked = last.float().cpu().masked_fill(banned_mask, float("-inf"))
                 tokens = [next_token(masked[r], options, rows[i].generator) for r, i in enumerate(live)]
@@ -338,10 +341,9 @@ def generate_many(
                 if not going:
                     break
                 if len(going) < len(live):
-                    state = state.select(going)
+                    decoder.select(going)
                 live, tokens = [live[r] for r in going], [tokens[r] for r in going]
-                logits, state = model(torch.tensor(tokens, device=device)[:, None], state)
-                last = logits[:, -1]
+                last = decoder.step(torch.tensor(tokens, device=device))
     finally:
         model.train(was_training)
     return [Sample(i, seeds[i], b"".join(_emit(codec, iter(row.ids), options))) for i, row in enumerate(rows)]

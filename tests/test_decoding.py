@@ -1,0 +1,122 @@
+"""`IncrementalDecoder` computes what `OmLLM.forward` computes, one token at a time, for every kind of model."""
+
+import pytest
+import torch
+
+from om.model.decoding import IncrementalDecoder
+from tests.model_helpers import tiny_model
+from tests.test_model_streaming import CONFIGS, assert_states_equal
+
+EXTRA = {
+    "rope-half": dict(rope_fraction=0.5),
+    "no-positions": dict(positional="none"),
+    "one-row-segments": dict(segment_len=1),
+    "two-row-segments": dict(segment_len=2),
+    "depthwise-stem": dict(stem_groups=32),
+    "patched-4-gated": dict(patch_size=4, state_update="gated", stem_groups=4),
+}
+ALL = {**CONFIGS, **EXTRA}
+MODELS = {name: tiny_model(seed=10 + i, **cfg) for i, (name, cfg) in enumerate(ALL.items())}
+
+
+def _decode(model, tokens: torch.Tensor, start: int):
+    """Forward tokens[:, :start], then the decoder one token at a time: (logits (B, T, V), decoder)."""
+    with torch.inference_mode():
+        logits, state = model(tokens[:, :start]) if start else (None, model.init_state(tokens.shape[0]))
+        decoder = IncrementalDecoder(model, state)
+        steps = [decoder.step(tokens[:, t]) for t in range(start, tokens.shape[1])]
+    pieces = ([logits] if start else []) + [torch.stack(steps, dim=1)]
+    return torch.cat(pieces, dim=1), decoder
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("start", [0, 5])
+def test_decoder_equals_forward(name, start):
+    model = MODELS[name]
+    tokens = torch.randint(0, model.config.vocab_size, (3, 41), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        whole, whole_state = model(tokens)
+    stepped, decoder = _decode(model, tokens, start)
+    assert (whole - stepped).abs().max().item() <= 1e-4
+    assert_states_equal(whole_state, decoder.state())
+
+
+@pytest.mark.parametrize("name", ["rope", "patched-3-depthwise-stem", "three-passes"])
+def test_exported_state_continues_like_the_decoder(name):
+    """state() mid-segment (and mid-patch) is a copy: forward from it matches the decoder going on."""
+    model = MODELS[name]
+    tokens = torch.randint(0, model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(4))
+    _, decoder = _decode(model, tokens[:, :13], 0)
+    saved = decoder.state()
+    with torch.inference_mode():
+        expected, _ = model(tokens[:, 13:], saved)
+        got = torch.stack([decoder.step(tokens[:, t]) for t in range(13, 30)], dim=1)
+        again, _ = model(tokens[:, 13:], saved)  # the decoder going on did not touch the exported state
+    assert (expected - got).abs().max().item() <= 1e-4
+    assert torch.equal(expected, again)
+
+
+@pytest.mark.parametrize("name", ["rope", "patched-2"])
+def test_select_keeps_rows(name):
+    model = MODELS[name]
+    tokens = torch.randint(0, model.config.vocab_size, (3, 27), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        whole, _ = model(tokens)
+        decoder = IncrementalDecoder(model, model.init_state(3))
+        for t in range(11):
+            decoder.step(tokens[:, t])
+        decoder.select([2, 0])
+        got = torch.stack([decoder.step(tokens[[2, 0], t]) for t in range(11, 27)], dim=1)
+    assert (whole[[2, 0], 11:] - got).abs().max().item() <= 1e-4
+
+
+def test_middle_rows_take_the_fast_path():
+    """Only a segment's first and last rows go through ARCformer.extend (a CoPE model: every row)."""
+    calls = {}
+    for name in ("rope", "cope"):
+        model = MODELS[name]
+        layer = model.layers[0]
+        count = [0]
+        original = layer.extend
+
+        def counting(*args, _original=original, _count=count, **kwargs):
+            _count[0] += 1
+            return _original(*args, **kwargs)
+
+        layer.extend = counting
+        try:
+            _decode(model, torch.zeros(1, 3 * model.config.segment_len, dtype=torch.long), 0)
+        finally:
+            del layer.extend
+        calls[name] = count[0]
+    assert calls == {"rope": 2 * 3, "cope": 3 * MODELS["cope"].config.segment_len}
+
+
+def _forward_sampling(model, codec, prompt: bytes, n: int, options) -> bytes:
+    """Sampling as it was before the decoder: `model(token, state)` for every generated token."""
+    from om.sampling import _banned, next_token
+
+    generator = torch.Generator().manual_seed(options.seed)
+    banned = _banned(codec, model.config.vocab_size, end_at_separator=False)
+    out = []
+    with torch.inference_mode():
+        logits, state = model(torch.tensor([[codec.doc_sep_id, *prompt]]))
+        for _ in range(n):
+            token = next_token(logits[0, -1].masked_fill(banned, float("-inf")), options, generator)
+            out.append(token)
+            logits, state = model(torch.tensor([[token]]), state)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("name", ["rope", "three-passes", "patched-3-depthwise-stem", "gated-state"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_sampling_gives_the_same_bytes_as_before(name, temperature):
+    from om.data.codecs import BytesCodec
+    from om.sampling import SamplingOptions, generate
+
+    model = tiny_model(seed=2, vocab_size=257, **ALL[name])
+    codec = BytesCodec()
+    options = SamplingOptions(max_bytes=120, temperature=temperature, seed=11)
+    expected = _forward_sampling(model, codec, b"prompt", 120, options)
+    got = b"".join(generate(model, codec, b"prompt", max_bytes=120, temperature=temperature, seed=11, end_at_separator=False))
+    assert got == expected
