@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -193,6 +194,57 @@ class ARC(nn.Module):
         return ARCOutput(y, None if finish else tuple(new_cache), next_state)
 
 
+    # Whole segments, layer-major (inference of long streams) ------------------------------------
+    def batchable(self) -> bool:
+        """Whether `segments_batched` applies: one pass and no CoPE, so that only the write rows
+        need the state sequentially and every segment row can be attended in one batched call."""
+        return len(self.dims_key) == 1 and not len(self.cope) and self.state_len > 0
+
+    def _turn(self, t: Tensor, role: str) -> Tensor:
+        """RoPE for rows t (B', H, rows, dk) of one role, at their positions counted from the segment start."""
+        if not len(self.rope):
+            return t
+        if role == "segment":
+            return self.rope[0].apply_span(t, 0)
+        if self.state_positions == "unrotated":
+            return t
+        if role == "write" and self.state_positions == "around":
+            return self.rope[0].apply_span(t, self.segment_len)
+        return self.rope[0].apply_span(t, -self.state_len)
+
+    def segments_batched(self, x: Tensor, read: Tensor, update: Callable[[Tensor], Tensor]) -> Tensor:
+        """n whole segments x (B, n*L, D), normalised, from a segment boundary; `batchable()` only.
+
+        read (B, S, D): the (normalised) state the first segment reads. `update(written)` takes what
+        a segment's write rows wrote (B, S, D, after `proj_state`), advances the caller's state and
+        returns the next segment's read state: this loop over the state rows is the only sequential
+        part. -> the segment rows' outputs after `proj_out`, (B, n*L, D).
+        """
+        B, T, _ = x.shape
+        L, S, H = self.segment_len, self.state_len, self.n_heads
+        n, dk, dv = T // L, self.dims_key[0], self.dims_value[0]
+        # Segment rows of every segment at once: (B*n, H, L, 2dk+dv), positions 0..L-1 in each.
+        seg = self.proj_in["segment"](x).view(B * n, L, H, -1).transpose(1, 2)
+        q_seg, k_seg, v_seg = seg.split((dk, dk, dv), dim=-1)
+        q_seg, k_seg = self._turn(q_seg, "segment"), self._turn(k_seg, "segment")
+        k_seg, v_seg = k_seg.view(B, n, H, L, dk), v_seg.view(B, n, H, L, dv)
+        read_k, read_v = [], []
+        for j in range(n):
+            k_read, v_read = self.proj_in["read"](read).view(B, S, H, -1).transpose(1, 2).split((dk, dv), dim=-1)
+            q_w, k_w, v_w = self.proj_in["write"](read).view(B, S, H, -1).transpose(1, 2).split((dk, dk, dv), dim=-1)
+            k_read, q_w, k_w = self._turn(k_read, "read"), self._turn(q_w, "write"), self._turn(k_w, "write")
+            read_k.append(k_read)
+            read_v.append(v_read)
+            keys = torch.cat((k_read, k_seg[:, j], k_w), dim=2)
+            values = torch.cat((v_read, v_seg[:, j], v_w), dim=2)
+            written = causal_attention(q_w, keys, values, self.scales[0])  # (B, H, S, dv)
+            read = update(self.proj_state(written.transpose(1, 2).reshape(B, S, -1)))
+        keys = torch.cat((torch.stack(read_k, 1).flatten(0, 1), k_seg.flatten(0, 1)), dim=2)  # (B*n, H, S+L, dk)
+        values = torch.cat((torch.stack(read_v, 1).flatten(0, 1), v_seg.flatten(0, 1)), dim=2)
+        out = causal_attention(q_seg, keys, values, self.scales[0])  # (B*n, H, L, dv)
+        return self.proj_out(out.transpose(1, 2).reshape(B, T, -1))
+
+
 class ARCformer(nn.Module):
     """One Om layer: pre-norm ARC and MLP with residuals, plus a learned initial state (S, D).
 
@@ -236,16 +288,49 @@ class ARCformer(nn.Module):
         out = self.arc.extend(self.norm_attn(x), read, offset, cache, finish)
         h = x + self.dropout(out.y)
         y = h + self.dropout(self.mlp_out(F.gelu(self.mlp_in(self.norm_mlp(h)))))
-        next_state = out.next_state
-        if finish and self.arc.state_len == 0:
-            next_state = state
-        elif finish and self.state_gate is not None:
+        next_state = self._next_state(state, out.next_state) if finish else None
+        return ARCOutput(y, out.cache, next_state)
+
+    def _next_state(self, state: Tensor, written: Tensor) -> Tensor:
+        """The state after a segment, from the state it read (B, S, D) and what its write rows wrote (B, S, D)."""
+        if self.arc.state_len == 0:
+            return state
+        if self.state_gate is not None:
             # A convex mix of old and new state: bounded like "replace", but information can stay
             # for many segments without being re-copied by attention at every step.
-            keep = torch.sigmoid(self.state_gate(next_state))
-            next_state = keep * state + (1.0 - keep) * next_state
-        elif finish and self.residual_state:
+            keep = torch.sigmoid(self.state_gate(written))
+            return keep * state + (1.0 - keep) * written
+        if self.residual_state:
             # Keeping the old state is the identity path; rescaling each row to unit RMS keeps the
             # state bounded over any number of segments and gives new writes a constant weight.
-            next_state = F.rms_norm(state + next_state, (state.shape[-1],))
-        return ARCOutput(y, out.cache, next_state)
+            return F.rms_norm(state + written, (state.shape[-1],))
+        return written
+
+    def segments(self, x: Tensor, state: Tensor, offset: int) -> tuple[Tensor, Tensor]:
+        """n whole segments x (B, n*L, D) from a segment boundary at `offset`, layer-major:
+        -> (y (B, n*L, D), the state after the last), the same as n `forward` calls (to float rounding).
+
+        The norms, the MLP and (for a one-pass ARC without CoPE) the segment rows' projections and
+        attention run once over all n segments; only the state's own rows go segment by segment.
+        Inference only (no dropout).
+        """
+        L = self.arc.segment_len
+        n = x.shape[1] // L
+        normed = self.norm_attn(x)
+        states = [state]
+        if self.arc.batchable():
+            def update(written: Tensor) -> Tensor:
+                states.append(self._next_state(states[-1], written))
+                return self.norm_state(states[-1])
+
+            attended = self.arc.segments_batched(normed, self.norm_state(state), update)
+        else:
+            pieces = []
+            for j in range(n):
+                read = self.norm_state(states[-1]) if self.norm_state is not None else states[-1]
+                out = self.arc.extend(normed[:, j * L : (j + 1) * L], read, offset + j * L, cache=None, finish=True)
+                pieces.append(out.y)
+                states.append(self._next_state(states[-1], out.next_state))
+            attended = torch.cat(pieces, dim=1)
+        h = x + attended
+        return h + self.mlp_out(F.gelu(self.mlp_in(self.norm_mlp(h)))), states[-1]

@@ -66,6 +66,15 @@ class IncrementalDecoder:
         self.patch_tail, self.context = state.patch_tail, state.context
         if model.patch is not None:
             self.context_term = model.patch.context_proj(self.context)
+        self.weights = [_LayerWeights(layer) for layer in model.layers]
+        self._views()
+
+    def _views(self) -> None:
+        """Per layer and pass, the buffer views a middle row uses: row n to write, rows 0..n to attend."""
+        self.key_rows = [[[k.select(2, n) for n in range(k.shape[2])] for k in ks] for ks in self.keys]
+        self.value_rows = [[[v.select(2, n) for n in range(v.shape[2])] for v in vs] for vs in self.values]
+        self.key_spans = [[[k.narrow(2, 0, n + 1) for n in range(k.shape[2])] for k in ks] for ks in self.keys]
+        self.value_spans = [[[v.narrow(2, 0, n + 1) for n in range(v.shape[2])] for v in vs] for vs in self.values]
 
     # ---------------------------------------------------------------------------------------------
     def step(self, tokens: Tensor) -> Tensor:
@@ -102,8 +111,8 @@ class IncrementalDecoder:
         into = position % self.segment_len
         if self.general or into == 0 or into == self.segment_len - 1:
             return self._general_step(x, position, into)
-        for i, layer in enumerate(self.model.layers):
-            x = self._layer_step(i, layer, x, into)
+        for i, weights in enumerate(self.weights):
+            x = self._layer_step(i, weights, x, into)
         self.rows += 1
         return x
 
@@ -127,26 +136,23 @@ class IncrementalDecoder:
         self.rows = 0 if finish else out.cache[0][0].shape[2]
         return h.squeeze(1)
 
-    def _layer_step(self, i: int, layer, x: Tensor, into: int) -> Tensor:
+    def _layer_step(self, i: int, w: "_LayerWeights", x: Tensor, into: int) -> Tensor:
         """A middle row of a segment (neither its first nor its last) through layer i: (B, D) -> (B, D)."""
-        arc, B, H, n = layer.arc, self.batch_size, self.heads, self.rows
-        h = F.layer_norm(x, (x.shape[-1],), layer.norm_attn.weight, layer.norm_attn.bias, layer.norm_attn.eps)
+        B, H, n, D = self.batch_size, self.heads, self.rows, x.shape[-1]
+        h = F.layer_norm(x, (D,), *w.norm_attn)
         z = None
         for p, dk in enumerate(self.dims_key):
-            if p == 0:
-                qkv = F.linear(h, arc.proj_in["segment"].weight).view(B, H, 1, -1)
-            else:
-                qkv = z @ arc.pass_weights[p - 1]["segment"]
+            qkv = F.linear(h, w.proj_in).view(B, H, 1, -1) if p == 0 else z @ w.passes[p - 1]
             qk = qkv[..., : 2 * dk].view(B, H, 2, dk)  # this row's query and key
             if self.rotations is not None:
                 qk = qk @ self.rotations[p][into]
-            keys, values = self.keys[i][p], self.values[i][p]
-            keys.select(2, n).copy_(qk.select(2, 1))
-            values.select(2, n).copy_(qkv.select(2, 0)[..., 2 * dk :])
-            z = F.scaled_dot_product_attention(qk[:, :, :1], keys[:, :, : n + 1], values[:, :, : n + 1], scale=arc.scales[p])
-        x = x + F.linear(z.view(B, -1), arc.proj_out.weight)
-        m = F.layer_norm(x, (x.shape[-1],), layer.norm_mlp.weight, layer.norm_mlp.bias, layer.norm_mlp.eps)
-        return x + F.linear(F.gelu(F.linear(m, layer.mlp_in.weight)), layer.mlp_out.weight)
+            self.key_rows[i][p][n].copy_(qk.select(2, 1))
+            self.value_rows[i][p][n].copy_(qkv.select(2, 0)[..., 2 * dk :])
+            z = F.scaled_dot_product_attention(qk[:, :, :1], self.key_spans[i][p][n], self.value_spans[i][p][n],
+                                               scale=w.scales[p])
+        x = x + F.linear(z.view(B, -1), w.proj_out)
+        m = F.layer_norm(x, (D,), *w.norm_mlp)
+        return x + F.linear(F.gelu(F.linear(m, w.mlp_in)), w.mlp_out)
 
     # ---------------------------------------------------------------------------------------------
     def state(self) -> OmState:
@@ -163,10 +169,24 @@ class IncrementalDecoder:
         self.batch_size = len(index)
         self.keys = [[pick(k) for k in ks] for ks in self.keys]
         self.values = [[pick(v) for v in vs] for vs in self.values]
+        self._views()
         self.layer_states = [pick(s) for s in self.layer_states]
         self.stem_tail = pick(self.stem_tail)
         if self.patch_tail is not None:
             self.patch_tail, self.context, self.context_term = map(pick, (self.patch_tail, self.context, self.context_term))
+
+
+class _LayerWeights:
+    """One ARCformer's tensors that a middle row uses, looked up once (module attribute access is slow)."""
+
+    def __init__(self, layer):
+        arc = layer.arc
+        self.norm_attn = (layer.norm_attn.weight, layer.norm_attn.bias, layer.norm_attn.eps)
+        self.norm_mlp = (layer.norm_mlp.weight, layer.norm_mlp.bias, layer.norm_mlp.eps)
+        self.proj_in = arc.proj_in["segment"].weight
+        self.passes = [weights["segment"] for weights in arc.pass_weights]
+        self.proj_out, self.scales = arc.proj_out.weight, arc.scales
+        self.mlp_in, self.mlp_out = layer.mlp_in.weight, layer.mlp_out.weight
 
 
 def _stem_matrix(stem, dim: int, ref: Tensor) -> tuple[Tensor | None, Tensor | None]:

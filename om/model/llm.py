@@ -17,6 +17,9 @@ from om.model.pretrained import PretrainedMixin
 from om.model.state import OmState
 from om.model.stem import CausalConvStem
 
+# Rows (batch x positions) that one layer-major group of whole segments runs at once at inference.
+LAYER_MAJOR_ROWS = 8192
+
 
 class OmLLM(PretrainedMixin, nn.Module):
     """An Om language model over token ids (bytes, characters or SentencePiece pieces).
@@ -137,7 +140,15 @@ class OmLLM(PretrainedMixin, nn.Module):
             count = min(n - start, L - into_segment)
             finish = into_segment + count == L
             h = x[:, start : start + count]
-            if self.activation_checkpointing and finish and into_segment == 0 and torch.is_grad_enabled():
+            whole = (n - start) // L * L if into_segment == 0 and not (self.training or torch.is_grad_enabled()) else 0
+            if whole >= 2 * L:
+                # Inference over several whole segments: layer by layer, all segments at once where the
+                # state does not enter (ARCformer.segments), in groups that bound the activations' memory.
+                count = min(whole, max(2, LAYER_MAJOR_ROWS // (L * x.shape[0])) * L)
+                h = x[:, start : start + count]
+                for i, layer in enumerate(self.layers):
+                    h, layer_states[i] = layer.segments(h, layer_states[i], offset)
+            elif self.activation_checkpointing and finish and into_segment == 0 and torch.is_grad_enabled():
                 h, layer_states[:] = self._checkpointed_segment(h, layer_states, offset)
             else:
                 for i, layer in enumerate(self.layers):
