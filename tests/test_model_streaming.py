@@ -113,3 +113,20 @@ def test_a_patched_trunk_runs_once_per_patch_when_fed_one_token_at_a_time(monkey
         for step in range(7 * P):
             _, state = model(torch.tensor([[step % 50]]), state)
     assert rows == [1] * 7  # one trunk row per completed patch, none for the tokens in between
+
+
+@pytest.mark.parametrize("name", ["rope", "cope", "one-pass", "one-pass-aligned-gated", "no-memory", "one-pass-patched-2"])
+def test_layer_major_equals_segment_by_segment(name):
+    """Whole segments at inference, layer by layer (the default) or segment by segment: the same logits and state."""
+    model = MODELS[name]
+    tokens = torch.randint(0, model.config.vocab_size, (2, 7 * model.config.segment_tokens + 3),
+                           generator=torch.Generator().manual_seed(9))
+    with torch.inference_mode():
+        fast, fast_state = model(tokens)
+        model.layer_major = False
+        try:
+            slow, slow_state = model(tokens)
+        finally:
+            del model.layer_major
+    assert (fast - slow).abs().max().item() <= 1e-4
+    assert_states_equal(fast_state, slow_state)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from om.model.attention import causal_attention, resolve_backend
+from om.model.attention import causal_allowed, causal_attention, resolve_backend
 from om.model.config import OmConfig
 from om.model.positional import CoPE, RoPEEmbeddings
 
@@ -212,6 +212,21 @@ class ARC(nn.Module):
             return self.rope[0].apply_span(t, self.segment_len)
         return self.rope[0].apply_span(t, -self.state_len)
 
+    def _state_rows_projection(self) -> Tensor:
+        """(S, D, H * (dk+dv + 2dk+dv)): per state row r, the read role's k|v and the write role's
+        q|k|v projections (one pass), with the RoPE turn of the row's position folded into the weights
+        (RoPE is linear), so that projecting and turning a segment's state rows is one batched matmul."""
+        S, H, dk, dv = self.state_len, self.n_heads, self.dims_key[0], self.dims_value[0]
+        parts = []
+        for role, widths in (("read", (dk, dv)), ("write", (dk, dk, dv))):
+            weight = self.proj_in[role].weight  # (H * width, D)
+            per_row = weight.t().reshape(-1, H, 1, sum(widths)).expand(-1, H, S, -1)  # (D, H, S, width)
+            pieces = list(per_row.split(widths, dim=-1))
+            for i in range(len(widths) - 1):  # q and k turn, v does not
+                pieces[i] = self._turn(pieces[i], role)
+            parts += pieces
+        return torch.cat(parts, dim=-1).permute(2, 0, 1, 3).reshape(S, weight.shape[1], -1)
+
     def segments_batched(self, x: Tensor, read: Tensor, update: Callable[[Tensor], Tensor]) -> Tensor:
         """n whole segments x (B, n*L, D), normalised, from a segment boundary; `batchable()` only.
 
@@ -228,16 +243,17 @@ class ARC(nn.Module):
         q_seg, k_seg, v_seg = seg.split((dk, dk, dv), dim=-1)
         q_seg, k_seg = self._turn(q_seg, "segment"), self._turn(k_seg, "segment")
         k_seg, v_seg = k_seg.view(B, n, H, L, dk), v_seg.view(B, n, H, L, dv)
+        weights = self._state_rows_projection()  # (S, D, H * (dk+dv + 2dk+dv))
+        write_mask = causal_allowed(S, 2 * S + L, x.device)
         read_k, read_v = [], []
         for j in range(n):
-            k_read, v_read = self.proj_in["read"](read).view(B, S, H, -1).transpose(1, 2).split((dk, dv), dim=-1)
-            q_w, k_w, v_w = self.proj_in["write"](read).view(B, S, H, -1).transpose(1, 2).split((dk, dk, dv), dim=-1)
-            k_read, q_w, k_w = self._turn(k_read, "read"), self._turn(q_w, "write"), self._turn(k_w, "write")
+            rows = torch.bmm(read.transpose(0, 1), weights).view(S, B, H, -1).permute(1, 2, 0, 3)  # (B, H, S, width)
+            k_read, v_read, q_w, k_w, v_w = rows.split((dk, dv, dk, dk, dv), dim=-1)
             read_k.append(k_read)
             read_v.append(v_read)
             keys = torch.cat((k_read, k_seg[:, j], k_w), dim=2)
             values = torch.cat((v_read, v_seg[:, j], v_w), dim=2)
-            written = causal_attention(q_w, keys, values, self.scales[0])  # (B, H, S, dv)
+            written = F.scaled_dot_product_attention(q_w, keys, values, attn_mask=write_mask, scale=self.scales[0])
             read = update(self.proj_state(written.transpose(1, 2).reshape(B, S, -1)))
         keys = torch.cat((torch.stack(read_k, 1).flatten(0, 1), k_seg.flatten(0, 1)), dim=2)  # (B*n, H, S+L, dk)
         values = torch.cat((torch.stack(read_v, 1).flatten(0, 1), v_seg.flatten(0, 1)), dim=2)

@@ -39,9 +39,14 @@ class OmLLM(PretrainedMixin, nn.Module):
     keep only each segment's inputs and recompute its layers in the backward pass, so that training
     memory for activations grows with one segment rather than with the whole sample (about a third
     more compute). The results and gradients are the same.
+
+    `layer_major` (an attribute, on by default): at inference, several whole segments fed in one
+    call run layer by layer (`ARCformer.segments`), the work that does not read the state done for
+    all of them at once; off, they run segment by segment. The results are the same to float rounding.
     """
 
     activation_checkpointing: bool = False
+    layer_major: bool = True
 
     def __init__(self, config: OmConfig):
         super().__init__()
@@ -140,7 +145,8 @@ class OmLLM(PretrainedMixin, nn.Module):
             count = min(n - start, L - into_segment)
             finish = into_segment + count == L
             h = x[:, start : start + count]
-            whole = (n - start) // L * L if into_segment == 0 and not (self.training or torch.is_grad_enabled()) else 0
+            inference = self.layer_major and not (self.training or torch.is_grad_enabled())
+            whole = (n - start) // L * L if into_segment == 0 and inference else 0
             if whole >= 2 * L:
                 # Inference over several whole segments: layer by layer, all segments at once where the
                 # state does not enter (ARCformer.segments), in groups that bound the activations' memory.
