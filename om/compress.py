@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from om.errors import OmUserError
+from om.model.decoding import IncrementalDecoder
 
 VERSION = 1
 MAGIC = b"OMZ" + bytes([VERSION])
@@ -80,12 +81,11 @@ class Header:
 
 
 # The model step ----------------------------------------------------------------------------------
-def _step(model, tokens: torch.Tensor, state):
-    """Feed one token per row: `tokens` (B,) int64, `state` the model's state; returns (logits (B,
-    256) float32 over the byte ids, the next state). Every model call of compression goes through
-    here, so a faster incremental decoder can be swapped in at this one place."""
-    logits, state = model(tokens[:, None], state)
-    return logits[:, -1, :NUM_BYTES], state
+def _step(decoder: IncrementalDecoder, tokens: torch.Tensor) -> torch.Tensor:
+    """Feed one token per row, `tokens` (B,) int64 -> logits (B, 256) float32 over the byte ids.
+    Every model call of compression goes through here, through the incremental decoder (whose
+    arithmetic, like the batch shape, is the same on both sides)."""
+    return decoder.step(tokens)[:, :NUM_BYTES]
 
 
 def _probabilities(logits: torch.Tensor) -> np.ndarray:
@@ -160,10 +160,10 @@ def _code(model, doc_sep_id: int, length: int, block_size: int, wave_rows: int, 
             for start, rows, lengths in _waves(length, block_size, wave_rows):
                 grid = grid_for(start, rows, lengths)
                 steps = int(lengths.max())
-                state = model.init_state(rows)
+                decoder = IncrementalDecoder(model, model.init_state(rows))
                 tokens = torch.full((rows,), doc_sep_id, dtype=torch.int64)
                 for t in range(steps):
-                    logits, state = _step(model, tokens, state)
+                    logits = _step(decoder, tokens)
                     live = int((lengths > t).sum())
                     code_step(grid, t, live, _probabilities(logits[:live]))
                     done += live
