@@ -57,6 +57,12 @@ VARIANTS = {
                                train={"segments_per_sample": 2}),
     "om-bytes-patched-8": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_groups": 128,
                                                      "stem_kernels": [2, 4, 8]}, train={"segments_per_sample": 2}),
+    # P=2: half the trunk steps of unpatched Om, the same 128-byte samples (2 segments of 32 patches).
+    "om-bytes-patched-2": dict(codec="bytes", model={"patch_size": 2, "stem_groups": 128},
+                               train={"segments_per_sample": 2}),
+    # P=4 with a deeper local decoder: 3 residual MLP blocks per byte instead of 1.
+    "om-bytes-patched-4-decoder-3": dict(codec="bytes", model={"patch_size": 4, "stem_groups": 128, "decoder_layers": 3},
+                                         train={"segments_per_sample": 2}),
     # P=4 trained for long streams: 4 segments of 16 patches (3 state handoffs per sample rather
     # than 1) and the state carried across steps with the residual update (recipes/long-memory.yaml).
     "om-bytes-patched-4-carry": dict(codec="bytes", model={"patch_size": 4, "segment_len": 16, "stem_groups": 128,

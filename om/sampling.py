@@ -42,6 +42,7 @@ MAX_BYTES = 1_000_000_000
 MAX_SEED = 2**63 - 1
 GREEDY_BELOW = 1e-4
 MAX_SAMPLES = 4096  # generate_many's num_samples
+BYTE_STRINGS = [bytes((b,)) for b in range(256)]
 
 
 @dataclass(frozen=True)
@@ -75,19 +76,30 @@ class SamplingOptions:
 
 def next_token(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None) -> int:
     """Pick one id from float32 logits (V,) (disallowed ids already at -inf)."""
+    return next_tokens(logits[None], options, [generator])[0]
+
+
+def next_tokens(logits: torch.Tensor, options: SamplingOptions, generators: list) -> list[int]:
+    """Pick one id per row from float32 logits (R, V) (disallowed ids at -inf), row r drawing from
+    generators[r]: the ids `torch.multinomial` would draw row by row, in a few ops for all rows."""
     if options.temperature < GREEDY_BELOW:  # dividing by a tiny temperature would overflow to inf
-        return int(torch.argmax(logits))
-    logits = logits / options.temperature
+        return torch.argmax(logits, dim=-1).tolist()
+    if options.temperature != 1.0:
+        logits = logits / options.temperature
     if 0 < options.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, options.top_k).values[-1]
+        kth = torch.topk(logits, options.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     if options.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
         before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass of the more likely tokens
         sorted_probs = sorted_probs.masked_fill(before >= options.top_p, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    # torch.multinomial(p, 1) is argmax(p / E) with E ~ Exp(1) drawn from its generator, so drawing
+    # each row's E from that row's generator gives the same ids without its per-call checks.
+    V = probs.shape[-1]
+    noise = torch.stack([torch.empty(V, dtype=probs.dtype).exponential_(1, generator=g) for g in generators])
+    return torch.argmax(probs / noise, dim=-1).tolist()
 
 
 class TokenDecoder:
@@ -105,6 +117,8 @@ class TokenDecoder:
         self.held = b""
 
     def push(self, token: int) -> bytes:
+        if not self.utf8 and 0 <= token < 256:
+            return BYTE_STRINGS[token]  # the bytes codec decodes id b to the byte b
         out = bytes(self.codec.decode(np.array([token], dtype=np.int64)))
         if not self.utf8:
             return out
@@ -200,14 +214,15 @@ def generate_ids(
         with torch.inference_mode():
             logits, state = _after_prompt(model, codec, prompt_ids, context)
             decoder = IncrementalDecoder(model, state)
-        last = logits[0, -1]
+        last, fed = logits[0, -1], torch.zeros(1, dtype=torch.long, device=device)
         while True:
             token = next_token(last.float().cpu().masked_fill(banned_mask, float("-inf")), options, generator)
             if token == sep:
                 return
             yield token
             with torch.inference_mode():
-                last = decoder.step(torch.tensor([token], device=device))[0]
+                fed[0] = token
+                last = decoder.step(fed)[0]
     finally:
         model.train(was_training)
 
@@ -336,7 +351,7 @@ def generate_many(
             last = logits[:, -1].expand(len(live), -1)
             while live:
                 masked = last.float().cpu().masked_fill(banned_mask, float("-inf"))
-                tokens = [next_token(masked[r], options, rows[i].generator) for r, i in enumerate(live)]
+                tokens = next_tokens(masked, options, [rows[i].generator for i in live])
                 going = [r for r, (i, t) in enumerate(zip(live, tokens)) if t != sep and rows[i].take(t)]
                 if not going:
                     break

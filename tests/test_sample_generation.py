@@ -172,3 +172,28 @@ def test_cost_per_token_does_not_grow(byte_model, monkeypatch):
     assert max(q for c in per_token for q, _ in c) <= 1 + S
     assert max(k for c in per_token for _, k in c) <= 2 * S + L
     assert per_token[L : 2 * L] == per_token[19 * L : 20 * L]  # the same pattern 18 segments later
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 5, 1.0), (1.0, 0, 0.8), (0.9, 40, 0.95)])
+def test_next_tokens_draws_what_multinomial_draws(temperature, top_k, top_p):
+    """The batched draw gives, row for row, the ids torch.multinomial gives with the same generators."""
+    from om.sampling import next_tokens
+
+    options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p)
+    logits = torch.randn(6, 257, generator=torch.Generator().manual_seed(1)) * 3
+    logits[:, 256] = float("-inf")
+    for round_ in range(20):
+        batched = next_tokens(logits, options, [torch.Generator().manual_seed(100 * round_ + r) for r in range(6)])
+        expected = []
+        for r in range(6):
+            scaled = logits[r] / temperature
+            if top_k:
+                scaled = scaled.masked_fill(scaled < torch.topk(scaled, top_k).values[-1], float("-inf"))
+            probs = torch.softmax(scaled, dim=-1)
+            if top_p < 1.0:
+                sorted_probs, order = torch.sort(probs, descending=True)
+                sorted_probs = sorted_probs.masked_fill(torch.cumsum(sorted_probs, -1) - sorted_probs >= top_p, 0.0)
+                probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+            expected.append(int(torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(100 * round_ + r))))
+        assert batched == expected
+    assert len(set(batched)) > 1
