@@ -13,6 +13,7 @@ window (the plain Transformer) on the same val.txt: bits per original byte.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import shutil
@@ -63,12 +64,20 @@ VARIANTS = {
     # P=4 with a deeper local decoder: 3 residual MLP blocks per byte instead of 1.
     "om-bytes-patched-4-decoder-3": dict(codec="bytes", model={"patch_size": 4, "stem_groups": 128, "decoder_layers": 3},
                                          train={"segments_per_sample": 2}),
+    # P=4 spending the compute it saves per byte on a deeper trunk: 4 layers instead of 2.
+    "om-bytes-patched-4-deep": dict(codec="bytes", model={"patch_size": 4, "stem_groups": 128, "n_layers": 4},
+                                    train={"segments_per_sample": 2}),
     # P=4 trained for long streams: 4 segments of 16 patches (3 state handoffs per sample rather
     # than 1) and the state carried across steps with the residual update (recipes/long-memory.yaml).
     "om-bytes-patched-4-carry": dict(codec="bytes", model={"patch_size": 4, "segment_len": 16, "stem_groups": 128,
                                                            "state_update": "residual"},
                                      train={"segments_per_sample": 4, "state": "carry"}),
 }
+
+
+def _now() -> str:
+    """When a row was measured (UTC, to the minute): rows of different sessions are not side by side."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
 def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -172,6 +181,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--only", default="", help="comma-separated rows to run (default: all)")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--table-only", action="store_true", help="train nothing: rewrite the table from results.json")
     args = parser.parse_args()
     split = shakespeare_split()
     if split is None:
@@ -180,6 +190,8 @@ def main() -> None:
     train_txt, val_txt = split
     WORK.mkdir(parents=True, exist_ok=True)
     wanted = set(filter(None, args.only.split(","))) or set(VARIANTS) | {"plain", "compressors"}
+    if args.table_only:
+        wanted = set()
     results: dict[str, dict] = {}
     results_file = WORK / "results.json"
     if results_file.exists():
@@ -199,7 +211,7 @@ def main() -> None:
         last = last_train_row(run_dir)
         results[name] = {"bits_per_byte": report["bits_per_byte"], "parameters": param_count(model, vocab),
                          "train_bytes": last.get("bytes"), "steps": last.get("step"), "model": model,
-                         "train": variant.get("train", {})}
+                         "train": variant.get("train", {}), "measured": _now()}
         results_file.write_text(json.dumps(results, indent=2))
     if "plain" in wanted:
         results["plain-transformer"] = train_plain(prepared("bytes", None, train_txt), args.minutes, val_txt)
@@ -213,8 +225,8 @@ def main() -> None:
     rows = []
     for name, r in sorted(results.items(), key=lambda kv: kv[1]["bits_per_byte"]):
         rows.append([name, f"{r['bits_per_byte']:.3f}", f"{r['parameters']:,}" if r.get("parameters") else "",
-                     f"{r['train_bytes']:,}" if r.get("train_bytes") else "", r.get("steps") or ""])
-    table = markdown_table(["row", "val bits/byte", "parameters", "training bytes seen", "steps"], rows)
+                     f"{r['train_bytes']:,}" if r.get("train_bytes") else "", r.get("steps") or "", r.get("measured", "")])
+    table = markdown_table(["row", "val bits/byte", "parameters", "training bytes seen", "steps", "measured (UTC)"], rows)
     print(table)
     if not args.no_write:
         body = (
