@@ -91,14 +91,23 @@ class ARC(nn.Module):
         """RoPE for rows (B, H, rows, d) laid out as `pieces`, when state rows do not sit "around" the segment."""
         out, at = [], 0
         for role, rows in pieces:
-            part = t[:, :, at : at + rows.shape[1]]
+            out.append(self._turn(p, t[:, :, at : at + rows.shape[1]], role, seen))
             at += rows.shape[1]
-            if role == "segment":
-                part = self.rope[p].apply_span(part, seen)
-            elif self.state_positions == "aligned":
-                part = self.rope[p].apply_span(part, -self.state_len)
-            out.append(part)  # "unrotated": a state row sits at the segment's first position, 0
         return torch.cat(out, dim=2) if len(out) > 1 else out[0]
+
+    def _turn(self, p: int, t: Tensor, role: str, seen: int = 0) -> Tensor:
+        """RoPE in pass p for rows t (B', H, rows, dk) of one role, at their positions counted from
+        the segment start: segment rows from `seen` on; read rows at -S..-1; write rows at L..L+S-1
+        ("around") or -S..-1 ("aligned"); state rows left as they are with "unrotated" (position 0)."""
+        if not len(self.rope):
+            return t
+        if role == "segment":
+            return self.rope[p].apply_span(t, seen)
+        if self.state_positions == "unrotated":
+            return t
+        if role == "write" and self.state_positions == "around":
+            return self.rope[p].apply_span(t, self.segment_len)
+        return self.rope[p].apply_span(t, -self.state_len)
 
     def has_query(self, role: str, p: int) -> bool:
         """Read rows are discarded after the last pass, so they need no query there (and have no weights for one)."""
@@ -193,24 +202,11 @@ class ARC(nn.Module):
                 next_state = state
         return ARCOutput(y, None if finish else tuple(new_cache), next_state)
 
-
     # Whole segments, layer-major (inference of long streams) ------------------------------------
     def batchable(self) -> bool:
         """Whether `segments_batched` applies: one pass and no CoPE, so that only the write rows
         need the state sequentially and every segment row can be attended in one batched call."""
         return len(self.dims_key) == 1 and not len(self.cope) and self.state_len > 0
-
-    def _turn(self, t: Tensor, role: str) -> Tensor:
-        """RoPE for rows t (B', H, rows, dk) of one role, at their positions counted from the segment start."""
-        if not len(self.rope):
-            return t
-        if role == "segment":
-            return self.rope[0].apply_span(t, 0)
-        if self.state_positions == "unrotated":
-            return t
-        if role == "write" and self.state_positions == "around":
-            return self.rope[0].apply_span(t, self.segment_len)
-        return self.rope[0].apply_span(t, -self.state_len)
 
     def _state_rows_projection(self) -> Tensor:
         """(S, D, H * (dk+dv + 2dk+dv)): per state row r, the read role's k|v and the write role's
@@ -223,7 +219,7 @@ class ARC(nn.Module):
             per_row = weight.t().reshape(-1, H, 1, sum(widths)).expand(-1, H, S, -1)  # (D, H, S, width)
             pieces = list(per_row.split(widths, dim=-1))
             for i in range(len(widths) - 1):  # q and k turn, v does not
-                pieces[i] = self._turn(pieces[i], role)
+                pieces[i] = self._turn(0, pieces[i], role)
             parts += pieces
         return torch.cat(parts, dim=-1).permute(2, 0, 1, 3).reshape(S, weight.shape[1], -1)
 
@@ -241,7 +237,7 @@ class ARC(nn.Module):
         # Segment rows of every segment at once: (B*n, H, L, 2dk+dv), positions 0..L-1 in each.
         seg = self.proj_in["segment"](x).view(B * n, L, H, -1).transpose(1, 2)
         q_seg, k_seg, v_seg = seg.split((dk, dk, dv), dim=-1)
-        q_seg, k_seg = self._turn(q_seg, "segment"), self._turn(k_seg, "segment")
+        q_seg, k_seg = self._turn(0, q_seg, "segment"), self._turn(0, k_seg, "segment")
         k_seg, v_seg = k_seg.view(B, n, H, L, dk), v_seg.view(B, n, H, L, dv)
         weights = self._state_rows_projection()  # (S, D, H * (dk+dv + 2dk+dv))
         write_mask = causal_allowed(S, 2 * S + L, x.device)
@@ -299,8 +295,12 @@ class ARCformer(nn.Module):
         out = self.extend(x, state, offset, cache=None, finish=True)
         return out.y, out.next_state
 
+    def _read(self, state: Tensor) -> Tensor:
+        """What the ARC reads of the state (B, S, D): normalised, when there is a state."""
+        return self.norm_state(state) if self.norm_state is not None else state
+
     def extend(self, x: Tensor, state: Tensor, offset: int, cache: SegmentCache | None, finish: bool) -> ARCOutput:
-        read = self.norm_state(state) if self.norm_state is not None else state
+        read = self._read(state)
         out = self.arc.extend(self.norm_attn(x), read, offset, cache, finish)
         h = x + self.dropout(out.y)
         y = h + self.dropout(self.mlp_out(F.gelu(self.mlp_in(self.norm_mlp(h)))))
@@ -337,14 +337,13 @@ class ARCformer(nn.Module):
         if self.arc.batchable():
             def update(written: Tensor) -> Tensor:
                 states.append(self._next_state(states[-1], written))
-                return self.norm_state(states[-1])
+                return self._read(states[-1])
 
-            attended = self.arc.segments_batched(normed, self.norm_state(state), update)
+            attended = self.arc.segments_batched(normed, self._read(state), update)
         else:
             pieces = []
             for j in range(n):
-                read = self.norm_state(states[-1]) if self.norm_state is not None else states[-1]
-                out = self.arc.extend(normed[:, j * L : (j + 1) * L], read, offset + j * L, cache=None, finish=True)
+                out = self.arc.extend(normed[:, j * L : (j + 1) * L], self._read(states[-1]), offset + j * L, cache=None, finish=True)
                 pieces.append(out.y)
                 states.append(self._next_state(states[-1], out.next_state))
             attended = torch.cat(pieces, dim=1)

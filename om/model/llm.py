@@ -140,18 +140,19 @@ class OmLLM(PretrainedMixin, nn.Module):
         -> (B, n, D); layer_states and caches (lists, one entry per layer) are updated in place."""
         L, n = self.config.segment_len, x.shape[1]
         start, outputs = 0, []
+        inference = self.layer_major and not (self.training or torch.is_grad_enabled())
         while start < n:
             into_segment = offset % L
-            count = min(n - start, L - into_segment)
+            whole = (n - start) // L * L if into_segment == 0 and inference else 0
+            if whole >= 2 * L:  # several whole segments, in groups that bound the activations' memory
+                count = min(whole, max(2, LAYER_MAJOR_ROWS // (L * x.shape[0])) * L)
+            else:
+                count = min(n - start, L - into_segment)
             finish = into_segment + count == L
             h = x[:, start : start + count]
-            inference = self.layer_major and not (self.training or torch.is_grad_enabled())
-            whole = (n - start) // L * L if into_segment == 0 and inference else 0
             if whole >= 2 * L:
                 # Inference over several whole segments: layer by layer, all segments at once where the
-                # state does not enter (ARCformer.segments), in groups that bound the activations' memory.
-                count = min(whole, max(2, LAYER_MAJOR_ROWS // (L * x.shape[0])) * L)
-                h = x[:, start : start + count]
+                # state does not enter (ARCformer.segments).
                 for i, layer in enumerate(self.layers):
                     h, layer_states[i] = layer.segments(h, layer_states[i], offset)
             elif self.activation_checkpointing and finish and into_segment == 0 and torch.is_grad_enabled():
