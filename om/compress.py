@@ -260,7 +260,7 @@ def compress_bytes(ckpt, data: bytes, block_size: int = DEFAULT_BLOCK_SIZE, wave
     payload = words.astype("<u4").tobytes()
     header = Header(
         checkpoint=ckpt.fingerprint,
-        config=(ckpt.trainer.get("files") or {}).get("config.json"),
+        config=_config_sha256(ckpt),
         codec=ckpt.codec.name,
         doc_sep_id=int(ckpt.codec.doc_sep_id),
         length=len(data),
@@ -274,6 +274,11 @@ def compress_bytes(ckpt, data: bytes, block_size: int = DEFAULT_BLOCK_SIZE, wave
         payload_sha256=hashlib.sha256(payload).hexdigest(),
     ).to_json()
     return MAGIC + struct.pack("<I", len(header)) + header + hashlib.sha256(header).digest() + payload
+
+
+def _config_sha256(ckpt) -> str | None:
+    """The sha256 of the checkpoint's config.json, as its trainer.json records it (None if it does not)."""
+    return (ckpt.trainer.get("files") or {}).get("config.json")
 
 
 def _field(info: dict, key: str, kind: type, name: str, low: int | None = None, high: int | None = None):
@@ -348,7 +353,7 @@ def decompress_bytes(ckpt, blob: bytes, name: str = "<input>", progress: Progres
             f"{name}: compressed with another checkpoint (weights sha256 {header.checkpoint[:16]}...; "
             f"{ckpt.path} has {ckpt.fingerprint[:16]}...)"
         )
-    config = (ckpt.trainer.get("files") or {}).get("config.json")
+    config = _config_sha256(ckpt)
     if header.config is not None and config is not None and header.config != config:
         raise OmUserError(f"{name}: compressed with the same weights but another config.json than {ckpt.path}'s")
     if header.codec != ckpt.codec.name or header.doc_sep_id != int(ckpt.codec.doc_sep_id) or header.coder != CODER:
