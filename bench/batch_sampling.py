@@ -32,7 +32,8 @@ MODELS = {
 PROMPT = b"ROMEO.\nWhat light through yonder window breaks?\n"
 
 
-def _model(overrides: dict) -> OmLLM:
+def random_model(overrides: dict) -> OmLLM:
+    """A random-init bytes model (seed 0) of the given OmConfig overrides, in eval mode."""
     torch.manual_seed(0)
     return OmLLM(OmConfig(**{**overrides, "vocab_size": 257})).eval()
 
@@ -64,7 +65,7 @@ def main() -> None:
     codec = BytesCodec()
     rows = []
     for name, overrides in MODELS.items():
-        model = _model(overrides)
+        model = random_model(overrides)
         one = separate(model, codec, args.bytes, 1)  # also warms up
         alone = separate(model, codec, args.bytes, args.samples)
         together = batched(model, codec, args.bytes, args.samples)

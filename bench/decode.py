@@ -22,9 +22,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bench.batch_sampling import random_model
 from bench.quality import OM_MODEL
 from bench.report import machine, markdown_table, write_section
-from om import OmConfig, OmLLM
+from om import OmLLM
 from om.data.codecs import BytesCodec
 from om.model.decoding import IncrementalDecoder
 from om.sampling import generate
@@ -34,11 +35,6 @@ MODELS = {
     "headline (Shakespeare)": dict(OM_MODEL),
     "headline, patched P=4": dict(OM_MODEL, patch_size=4, stem_groups=OM_MODEL["dim"]),
 }
-
-
-def _model(overrides: dict) -> OmLLM:
-    torch.manual_seed(0)
-    return OmLLM(OmConfig(**{**overrides, "vocab_size": 257})).eval()
 
 
 def _rate(step, n: int) -> float:
@@ -109,7 +105,7 @@ def main() -> None:
     rows = []
     with torch.inference_mode():
         for name, overrides in MODELS.items():
-            model = _model(overrides)
+            model = random_model(overrides)
             for threads in (1, 2):
                 torch.set_num_threads(threads)
                 old = forward_rate(model, max(200, args.bytes // 4))

@@ -192,6 +192,16 @@ def progress_option():
     )
 
 
+def rate_text(n: int, seconds: float) -> str:
+    """`n` bytes in `seconds`, for a summary line: "12,345 bytes/s"."""
+    return f"{n / seconds if seconds > 0 else 0:,.0f} bytes/s"
+
+
+def threads_text(threads: int) -> str:
+    """"1 thread", "2 threads"."""
+    return f"{threads} thread{'s' if threads != 1 else ''}"
+
+
 def _size(n: float) -> str:
     from om.model.sizing import format_bytes  # the one formatter of sizes (bytes, KB, MB, ...: powers of 1000)
 

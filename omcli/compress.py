@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from omcli.common import ByteProgress, progress_option, set_threads, stderr, threads_option, user_errors
+from omcli.common import ByteProgress, progress_option, rate_text, set_threads, stderr, threads_option, threads_text, user_errors
 from omcli.eval import CKPT_HELP
 
 FILE_HELP = "The file to read; - reads stdin."
@@ -56,10 +56,6 @@ def _load(checkpoint: str):
     return ckpt
 
 
-def _rate(n: int, seconds: float) -> str:
-    return f"{n / seconds if seconds > 0 else 0:,.0f} bytes/s"
-
-
 @user_errors("compress")
 def compress_command(
     checkpoint: str = typer.Argument(..., metavar="CKPT", help=CKPT_HELP),
@@ -88,8 +84,8 @@ def compress_command(
     _write_output(output, blob, "compressed file")
     bpb = f"{8 * len(blob) / len(data):.4f} bits/byte" if data else "empty input"
     stderr.print(
-        f"om compress: {name}: {len(data):,} -> {len(blob):,} bytes ({bpb}), {seconds:.2f} s, {_rate(len(data), seconds)}, "
-        f"block {block_size:,}, {used_threads} thread{'s' if used_threads != 1 else ''}",
+        f"om compress: {name}: {len(data):,} -> {len(blob):,} bytes ({bpb}), {seconds:.2f} s, {rate_text(len(data), seconds)}, "
+        f"block {block_size:,}, {threads_text(used_threads)}",
         markup=False, highlight=False, soft_wrap=True,
     )
 
@@ -112,6 +108,6 @@ def decompress_command(
     seconds = time.perf_counter() - t0
     _write_output(output, data, "decompressed file")
     stderr.print(
-        f"om decompress: {name}: {len(blob):,} -> {len(data):,} bytes, {seconds:.2f} s, {_rate(len(data), seconds)}",
+        f"om decompress: {name}: {len(blob):,} -> {len(data):,} bytes, {seconds:.2f} s, {rate_text(len(data), seconds)}",
         markup=False, highlight=False, soft_wrap=True,
     )

@@ -10,7 +10,17 @@ from typing import Optional
 
 import typer
 
-from omcli.common import ErrorsChoice, errors_option, set_threads, silence_stdout, stderr, threads_option, user_errors
+from omcli.common import (
+    ErrorsChoice,
+    errors_option,
+    rate_text,
+    set_threads,
+    silence_stdout,
+    stderr,
+    threads_option,
+    threads_text,
+    user_errors,
+)
 from omcli.eval import CACHE_HELP, CKPT_HELP, DEVICE_HELP, read_context_cache
 
 
@@ -75,7 +85,7 @@ def sample_command(
         total = sum(len(s.data) for s in samples)
         stderr.print(
             f"om sample: {len(samples)} samples, {total:,} bytes in {seconds:.2f} s "
-            f"({total / seconds if seconds > 0 else 0:,.0f} bytes/s, {used_threads} thread{'s' if used_threads != 1 else ''})",
+            f"({rate_text(total, seconds)}, {threads_text(used_threads)})",
             markup=False,
             highlight=False,
         )
@@ -95,8 +105,7 @@ def sample_command(
         return
     seconds = time.perf_counter() - t0
     stderr.print(
-        f"om sample: {written:,} bytes in {seconds:.2f} s ({written / seconds if seconds > 0 else 0:,.0f} bytes/s, "
-        f"{used_threads} thread{'s' if used_threads != 1 else ''})",
+        f"om sample: {written:,} bytes in {seconds:.2f} s ({rate_text(written, seconds)}, {threads_text(used_threads)})",
         markup=False,
         highlight=False,
     )
