@@ -64,6 +64,19 @@ VARIANTS = {
     # P=4 with a deeper local decoder: 3 residual MLP blocks per byte instead of 1.
     "om-bytes-patched-4-decoder-3": dict(codec="bytes", model={"patch_size": 4, "stem_groups": 128, "decoder_layers": 3},
                                          train={"segments_per_sample": 2}),
+    # ... and a context projection of its own for each of the 4 phases (MEGABYTE's split of the
+    # global output), so the trunk's output can say different things to each byte of the next patch.
+    "om-bytes-patched-4-per-phase": dict(codec="bytes", model={"patch_size": 4, "stem_groups": 128, "decoder_layers": 3,
+                                                               "decoder_context": "per_phase"},
+                                         train={"segments_per_sample": 2}),
+    # ... and a dense stem of one width-4 convolution: the decoder sees a learned mix of all 4 bytes
+    # of the current patch instead of a per-channel one (4 D^2 multiply-adds per byte).
+    "om-bytes-patched-4-dense-stem": dict(codec="bytes", model={"patch_size": 4, "stem_kernels": [4], "decoder_layers": 3,
+                                                                "decoder_context": "per_phase"},
+                                          train={"segments_per_sample": 2}),
+    # Unpatched with one width-4 convolution instead of widths 2, 3 and 4: the same functions (a sum
+    # of causal convolutions is one convolution of the widest width) for 4/9 of the stem's multiply-adds.
+    "om-bytes-stem-4": dict(codec="bytes", model={"stem_kernels": [4]}),
     # P=4 spending the compute it saves per byte on a deeper trunk: 4 layers instead of 2.
     "om-bytes-patched-4-deep": dict(codec="bytes", model={"patch_size": 4, "stem_groups": 128, "n_layers": 4},
                                     train={"segments_per_sample": 2}),

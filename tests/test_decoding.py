@@ -14,6 +14,7 @@ EXTRA = {
     "two-row-segments": dict(segment_len=2),
     "depthwise-stem": dict(stem_groups=32),
     "patched-4-gated": dict(patch_size=4, state_update="gated", stem_groups=4),
+    "patched-3-per-phase": dict(patch_size=3, decoder_context="per_phase", decoder_layers=2),
 }
 ALL = {**CONFIGS, **EXTRA}
 MODELS = {name: tiny_model(seed=10 + i, **cfg) for i, (name, cfg) in enumerate(ALL.items())}

@@ -324,6 +324,7 @@ def test_cope_changes_the_logits():
         {"positional": "rope+cope", "state_update": "gated", "tie_embeddings": False,
          "dims_key": [8, 6, 4], "dims_value": [8, 4, 6]},
         {"patch_size": 2, "decoder_layers": 2, "stem_groups": 4},
+        {"patch_size": 3, "decoder_context": "per_phase"},
     ],
 )
 def test_every_weight_gets_a_gradient(overrides):
@@ -380,6 +381,7 @@ def test_checkpoints_of_the_old_layout_still_load(overrides):
         {"dims_key": [8], "dims_value": [4], "state_len": 0},
         {"dims_key": [8, 6, 4], "dims_value": [8, 4, 2]},
         {"patch_size": 3, "stem_groups": 4, "decoder_layers": 2},
+        {"patch_size": 3, "decoder_context": "per_phase"},
         {"patch_size": 2, "decoder_layers": 0, "state_len": 0},
     ],
 )

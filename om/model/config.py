@@ -48,6 +48,10 @@ class OmConfig(BaseModel):
                             "patch of P tokens and a local decoder predicts each token (see om/model/patching.py); "
                             "segment_len and state_len then count patches")
     decoder_layers: int = Field(1, ge=0, description="residual MLP blocks of the local decoder (patch_size > 1 only)")
+    decoder_context: Literal["shared", "per_phase"] = Field(
+        "shared", description="how the local decoder reads the trunk's output (patch_size > 1 only): shared: one "
+        "projection for every byte of the patch, plus a learned vector per phase; per_phase: a projection of its own "
+        "for each phase (as MEGABYTE splits its global output), P times the weights, computed once per patch")
     positional: Positional = Field("rope", description="rope | cope | rope+cope | none")
     rope_base: float = Field(10000.0, gt=1.0)
     rope_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of each head's q/k dims that RoPE rotates")

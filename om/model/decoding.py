@@ -9,7 +9,7 @@ This decoder computes the same function with far fewer ops:
 - a segment row's RoPE turn is one matmul with a precomputed rotation matrix per position;
 - the stem is one matmul over its window of the last max(k) inputs (the convolutions' weights
   gathered by lag);
-- a patched model's context projection is computed once per patch, not once per token.
+- a patched model's context projections are computed once per patch, not once per token.
 
 The first and the last row of each segment (where the read rows are added, and where the write
 rows make the next state) go through `ARCformer.extend` itself, as do all rows of a CoPE model
@@ -65,7 +65,7 @@ class IncrementalDecoder:
         self.rotations = _rotations(first, ref) if first.rope else None
         self.patch_tail, self.context = state.patch_tail, state.context
         if model.patch is not None:
-            self.context_term = model.patch.context_proj(self.context)
+            self.conditions = model.patch.conditions(self.context.unsqueeze(1))[:, 0]  # (B, P, D)
         self.weights = [_LayerWeights(layer) for layer in model.layers]
         self._views()
 
@@ -100,8 +100,8 @@ class IncrementalDecoder:
         if (self.offset + 1) % P == 0:
             o = self._trunk_step(F.linear(window.flatten(1), patch.encoder.weight), self.offset // P)
             self.context = patch.context(o)
-            self.context_term = patch.context_proj(self.context)
-        h = x + self.context_term + patch.phase.weight[(self.offset + 1) % P]
+            self.conditions = patch.conditions(self.context.unsqueeze(1))[:, 0]
+        h = x + self.conditions[:, (self.offset + 1) % P]
         for block in patch.blocks:
             h = block(h)
         return h
@@ -173,7 +173,7 @@ class IncrementalDecoder:
         self.layer_states = [pick(s) for s in self.layer_states]
         self.stem_tail = pick(self.stem_tail)
         if self.patch_tail is not None:
-            self.patch_tail, self.context, self.context_term = map(pick, (self.patch_tail, self.context, self.context_term))
+            self.patch_tail, self.context, self.conditions = map(pick, (self.patch_tail, self.context, self.conditions))
 
 
 class _LayerWeights:

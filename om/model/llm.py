@@ -128,10 +128,11 @@ class OmLLM(PretrainedMixin, nn.Module):
         if n:
             o = self._trunk(self.patch.encode(pending[:, : n * P]), layer_states, caches, state.offset // P)
             contexts = torch.cat((contexts, self.patch.context(o)), dim=1)
-        # The prediction at stream position a reads the trunk after the patches complete at a: (a+1) // P of them.
+        # The prediction at stream position a reads the trunk after the patches complete at a, (a+1) // P
+        # of them, conditioned for the phase (a+1) % P.
         ahead = torch.arange(T, device=x.device) + state.offset + 1
-        context = contexts.index_select(1, ahead // P - state.offset // P)
-        h = self.patch.decode(x, context, ahead % P)
+        conditions = self.patch.conditions(contexts).flatten(1, 2)  # (B, contexts * P, D)
+        h = self.patch.decode(x, conditions.index_select(1, (ahead // P - state.offset // P) * P + ahead % P))
         patch_tail = torch.cat((state.patch_tail, x), dim=1)[:, -(P - 1) :]
         return h, patch_tail, contexts[:, -1]
 

@@ -7,7 +7,8 @@ causal stem as usual, then:
     the prediction made at token t (of the token after it) --decode--> from
         the stem feature of t (it sees the bytes of the current patch so far, up to max(k) back),
         the trunk's output after the last patch completed at or before t (or a learned start
-        context before the first one), and the phase (t + 1) mod P (bytes since that patch).
+        context before the first one), projected for the phase (t + 1) mod P (bytes since that
+        patch): one projection plus a vector per phase, or one projection per phase.
 
 So the logits at t depend on tokens <= t only, and the trunk advances once every P tokens.
 """
@@ -27,8 +28,10 @@ class PatchCodec(nn.Module):
     `encode(x)`: x (B, n*P, D) stem features of n complete patches -> (B, n, D) trunk inputs.
     `context(o)`: trunk outputs (B, n, D) -> the contexts the decoder reads (B, n, D), normalised.
     `start` (D,): the context before the first patch of a stream is complete.
-    `decode(x, context, phase)`: x (B, T, D) stem features, context (B, T, D) per token, phase
-    (T,) int64 in 0..P-1 -> (B, T, D) features for the final norm and head.
+    `conditions(contexts)`: contexts (B, n, D) -> (B, n, P, D), what the decoder adds to a token's
+    stem feature at each phase 0..P-1 after each context (computed once per patch, not per token).
+    `decode(x, condition)`: x (B, T, D) stem features, condition (B, T, D) per token (picked from
+    `conditions` by context and phase) -> (B, T, D) features for the final norm and head.
     """
 
     def __init__(self, config: OmConfig):
@@ -38,7 +41,8 @@ class PatchCodec(nn.Module):
         self.encoder = nn.Linear(P * c.dim, c.dim, bias=False)
         self.start = nn.Parameter(torch.randn(c.dim) * c.init_std)
         self.context_norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
-        self.context_proj = nn.Linear(c.dim, c.dim, bias=False)
+        per_phase = c.decoder_context == "per_phase"
+        self.context_proj = nn.Linear(c.dim, c.dim * (P if per_phase else 1), bias=False)
         self.phase = nn.Embedding(P, c.dim)
         self.blocks = nn.ModuleList(_MLPBlock(c) for _ in range(c.decoder_layers))
 
@@ -49,8 +53,12 @@ class PatchCodec(nn.Module):
     def context(self, o: Tensor) -> Tensor:
         return self.context_norm(o)
 
-    def decode(self, x: Tensor, context: Tensor, phase: Tensor) -> Tensor:
-        h = x + self.context_proj(context) + self.phase(phase)
+    def conditions(self, contexts: Tensor) -> Tensor:
+        B, n, D = contexts.shape
+        return self.context_proj(contexts).view(B, n, -1, D) + self.phase.weight  # (1 or P) + (P, D) -> P
+
+    def decode(self, x: Tensor, condition: Tensor) -> Tensor:
+        h = x + condition
         for block in self.blocks:
             h = block(h)
         return h

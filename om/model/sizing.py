@@ -38,7 +38,8 @@ def parameter_count(c: OmConfig) -> int:
     patching = 0
     if c.patch_size > 1:  # encoder, start context, context norm and projection, phases, decoder blocks
         P = c.patch_size
-        patching = P * D * D + D + 2 * D + D * D + P * D + c.decoder_layers * (2 * D + 2 * D * c.mlp_hidden)
+        projections = P if c.decoder_context == "per_phase" else 1
+        patching = P * D * D + D + 2 * D + projections * D * D + P * D + c.decoder_layers * (2 * D + 2 * D * c.mlp_hidden)
     return embed + head + stem + c.n_layers * layer + 2 * D + patching
 
 
