@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -30,15 +31,36 @@ CASES = {
     "om-train-aot-eager": "Om training, backend aot_eager (AOTAutograd, no code generated)",
     "om-train-inductor": "Om training, inductor (the default torch.compile)",
     "om-train-inductor-1-thread": "Om training, inductor, torch.set_num_threads(1)",
+    "conv-norm-train-inductor": "an Embedding, a Conv1d and a LayerNorm, cross-entropy training step, inductor",
+    "om-train-inductor-no-stem": "Om training without the Conv1d stem (stem_kernels []), inductor",
+    "om-train-inductor-compile-threads-1": "Om training, inductor, compiled in-process (TORCHINDUCTOR_COMPILE_THREADS=1)",
 }
+# Environment a case's process starts with: inductor reads TORCHINDUCTOR_COMPILE_THREADS at import.
+CASE_ENV = {"om-train-inductor-compile-threads-1": {"TORCHINDUCTOR_COMPILE_THREADS": "1"}}
 BATCH, LENGTH = 16, 128
 
 
-def _om():
+def _om(**overrides):
     from om import OmConfig, OmLLM
 
     torch.manual_seed(0)
-    return OmLLM(OmConfig(**OM_MODEL, vocab_size=256))
+    return OmLLM(OmConfig(**{**OM_MODEL, **overrides}, vocab_size=256))
+
+
+class _ConvNorm(torch.nn.Module):
+    """The smallest piece of Om's input path: embedding -> causal Conv1d (width 4) -> LayerNorm -> logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(256, 128)
+        self.conv = torch.nn.Conv1d(128, 128, 4)
+        self.norm = torch.nn.LayerNorm(128)
+        self.head = torch.nn.Linear(128, 256)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        y = self.conv(torch.nn.functional.pad(x.transpose(1, 2), (3, 0))).transpose(1, 2)
+        return self.head(self.norm(x + y))
 
 
 def run_case(case: str, steps: int, compiled: bool = True) -> dict:
@@ -47,13 +69,14 @@ def run_case(case: str, steps: int, compiled: bool = True) -> dict:
     if case.endswith("1-thread"):
         torch.set_num_threads(1)
     data = torch.randint(0, 256, (BATCH, LENGTH + 1))
-    if case.startswith("linear"):
-        model = torch.nn.Sequential(torch.nn.Embedding(256, 128), torch.nn.Linear(128, 256))
+    if case.startswith(("linear", "conv-norm")):
+        model = (torch.nn.Sequential(torch.nn.Embedding(256, 128), torch.nn.Linear(128, 256)) if case.startswith("linear")
+                 else _ConvNorm())
 
         def loss_fn():
             return torch.nn.functional.cross_entropy(model(data[:, :-1]).flatten(0, 1), data[:, 1:].flatten())
     else:
-        model = _om()
+        model = _om(stem_kernels=[]) if case.endswith("no-stem") else _om()
 
         def loss_fn():
             return model.loss(data[:, :-1], data[:, 1:])[0]
@@ -104,7 +127,8 @@ def main() -> None:
     for case in args.cases.split(","):
         argv = [sys.executable, "-m", "bench.compile_cpu", "--case", case, "--steps", str(args.steps)]
         try:
-            child = subprocess.run(argv, capture_output=True, text=True, timeout=args.timeout)
+            env = {**os.environ, **CASE_ENV.get(case, {})}
+            child = subprocess.run(argv, capture_output=True, text=True, timeout=args.timeout, env=env)
         except subprocess.TimeoutExpired:
             rows.append([case, CASES[case], f"no result in {args.timeout} s (killed)", "", ""])
             print(rows[-1], flush=True)
@@ -115,7 +139,7 @@ def main() -> None:
         else:
             result = json.loads(child.stdout.strip().splitlines()[-1])
             base = eager["train" if "-train" in case else "eval"]
-            ratio = "" if case.startswith("linear") else f"{result['bytes_per_s'] / base:.2f}x"
+            ratio = "" if case.startswith(("linear", "conv-norm")) else f"{result['bytes_per_s'] / base:.2f}x"
             rows.append([case, CASES[case], "ok", f"{result['first_call_s']:.1f}", f"{result['bytes_per_s']:,.0f} ({ratio or 'n/a'})"])
         print(rows[-1], flush=True)
     table = markdown_table(["case", "what", "result", "first call s", "bytes/s (vs eager Om)"], rows)

@@ -7,8 +7,9 @@
    model (4 layers, dim 256, L 128, S 16), batch 8 x 512 bytes, the plain Transformer at matched
    parameters (width searched so the counts agree within 5%). `--size headline`: the Shakespeare
    quality table's model (bench/quality.py OM_MODEL), batch 16 x 256 bytes, the plain Transformer
-   of the same width and depth. Each size also gets Om with a depthwise stem and patched Om
-   (patch_size 4 and 8, depthwise stem: the settings of bench/quality.py's patched rows).
+   of the same width and depth. Each size also gets Om with a depthwise stem, Om with one width-4
+   convolution as its stem (the same functions as widths 2, 3 and 4 summed), and patched Om
+   (patch_size 4 and 8 with a depthwise stem; P=4 with bench/quality.py's best patched settings).
 2. Model FLOP utilisation: matmul FLOPs of a training step (counted by torch's FlopCounterMode:
    mm, bmm, convolutions, attention) per second, over the machine's dense fp32 matmul peak
    (torch.matmul on large squares, best of several sizes, same run).
@@ -44,7 +45,7 @@ def size_models(size: str) -> tuple[dict, int, int]:
 
 
 def om_variants(base: dict) -> dict[str, dict]:
-    """The Om rows of table 1: the model as it is, with a depthwise stem, and patched (P 4 and 8)."""
+    """The Om rows of table 1: the model as it is, with a depthwise or a single width-4 stem, and patched (P 4 and 8)."""
     depthwise = {"stem_groups": base["dim"]}
     return {
         "Om": base,
@@ -53,6 +54,10 @@ def om_variants(base: dict) -> dict[str, dict]:
         "Om patched P=8, depthwise stem, stem [2, 4, 8]": {**base, **depthwise, "patch_size": 8,
                                                         "segment_len": max(1, base["segment_len"] // 2),
                                                         "stem_kernels": [2, 4, 8]},
+        # bench/quality.py's best patched row (om-bytes-patched-4-dense-stem).
+        "Om patched P=4, dense stem [4], 3 decoder blocks per phase": {**base, "patch_size": 4, "stem_kernels": [4],
+                                                                       "decoder_layers": 3, "decoder_context": "per_phase"},
+        "Om, stem [4]": {**base, "stem_kernels": [4]},
     }
 
 

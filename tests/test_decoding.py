@@ -15,6 +15,7 @@ EXTRA = {
     "depthwise-stem": dict(stem_groups=32),
     "patched-4-gated": dict(patch_size=4, state_update="gated", stem_groups=4),
     "patched-3-per-phase": dict(patch_size=3, decoder_context="per_phase", decoder_layers=2),
+    "patched-2-wide-trunk": dict(patch_size=2, trunk_dim=48, dims_key=[8], dims_value=[8]),
 }
 ALL = {**CONFIGS, **EXTRA}
 MODELS = {name: tiny_model(seed=10 + i, **cfg) for i, (name, cfg) in enumerate(ALL.items())}

@@ -325,6 +325,7 @@ def test_cope_changes_the_logits():
          "dims_key": [8, 6, 4], "dims_value": [8, 4, 6]},
         {"patch_size": 2, "decoder_layers": 2, "stem_groups": 4},
         {"patch_size": 3, "decoder_context": "per_phase"},
+        {"patch_size": 2, "trunk_dim": 48},
     ],
 )
 def test_every_weight_gets_a_gradient(overrides):
@@ -382,6 +383,7 @@ def test_checkpoints_of_the_old_layout_still_load(overrides):
         {"dims_key": [8, 6, 4], "dims_value": [8, 4, 2]},
         {"patch_size": 3, "stem_groups": 4, "decoder_layers": 2},
         {"patch_size": 3, "decoder_context": "per_phase"},
+        {"patch_size": 2, "trunk_dim": 48, "decoder_context": "per_phase", "state_update": "gated"},
         {"patch_size": 2, "decoder_layers": 0, "state_len": 0},
     ],
 )
@@ -418,6 +420,7 @@ def test_config_round_trips_through_json():
         (dict(dims_key=[1, 8], dims_value=[8, 8]), "rotate"),
         (dict(stem_groups=3), "stem_groups"),
         (dict(patch_size=0), "patch_size"),
+        (dict(trunk_dim=64), "trunk_dim"),
     ],
 )
 def test_config_rejects_bad_values_naming_them(bad, message):

@@ -48,6 +48,10 @@ class OmConfig(BaseModel):
                             "patch of P tokens and a local decoder predicts each token (see om/model/patching.py); "
                             "segment_len and state_len then count patches")
     decoder_layers: int = Field(1, ge=0, description="residual MLP blocks of the local decoder (patch_size > 1 only)")
+    trunk_dim: int | None = Field(
+        None, ge=1, description="width of the ARC layers of a patched model (default: dim). The layers run once per "
+        "patch, so a trunk wider than the byte-level parts (embedding, stem, decoder, head) costs 1/P as much per "
+        "byte as the same width unpatched; their MLPs are trunk_dim * mlp_ratio wide")
     decoder_context: Literal["shared", "per_phase"] = Field(
         "shared", description="how the local decoder reads the trunk's output (patch_size > 1 only): shared: one "
         "projection for every byte of the patch, plus a learned vector per phase; per_phase: a projection of its own "
@@ -79,6 +83,8 @@ class OmConfig(BaseModel):
                     raise ValueError(f"dims_key entry {d} leaves no pair of dims to rotate with rope_fraction={self.rope_fraction}")
         if any(k < 1 for k in self.stem_kernels):
             raise ValueError(f"stem_kernels must be >= 1, got {self.stem_kernels}")
+        if self.trunk_dim is not None and self.patch_size == 1:
+            raise ValueError("trunk_dim needs patch_size > 1 (unpatched, the layers have width dim)")
         if self.dim % self.stem_groups:
             raise ValueError(f"stem_groups {self.stem_groups} does not divide dim {self.dim}")
         return self
@@ -96,6 +102,17 @@ class OmConfig(BaseModel):
     @property
     def mlp_hidden(self) -> int:
         return max(1, int(round(self.dim * self.mlp_ratio)))
+
+    @property
+    def layer_dim(self) -> int:
+        """Width of the ARC layers: trunk_dim when set, else dim."""
+        return self.trunk_dim or self.dim
+
+    def trunk_config(self) -> "OmConfig":
+        """This config as the ARC layers see it: dim = layer_dim (so their MLPs are layer_dim * mlp_ratio wide)."""
+        if self.trunk_dim is None:
+            return self
+        return self.model_copy(update={"dim": self.trunk_dim, "trunk_dim": None})
 
     @property
     def segment_tokens(self) -> int:

@@ -54,7 +54,7 @@ class OmLLM(PretrainedMixin, nn.Module):
         self.embed = nn.Embedding(c.padded_vocab_size, c.dim)
         self.stem = CausalConvStem(c.dim, c.stem_kernels, c.stem_groups)
         self.patch = PatchCodec(c) if c.patch_size > 1 else None
-        self.layers = nn.ModuleList(ARCformer(c) for _ in range(c.n_layers))
+        self.layers = nn.ModuleList(ARCformer(c.trunk_config()) for _ in range(c.n_layers))
         self.norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
         self.head = nn.Linear(c.dim, c.padded_vocab_size, bias=False)
         self.apply(self._init_weights)

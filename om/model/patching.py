@@ -25,10 +25,11 @@ from om.model.config import OmConfig
 class PatchCodec(nn.Module):
     """The patch encoder and the per-token decoder around a patched trunk.
 
-    `encode(x)`: x (B, n*P, D) stem features of n complete patches -> (B, n, D) trunk inputs.
-    `context(o)`: trunk outputs (B, n, D) -> the contexts the decoder reads (B, n, D), normalised.
-    `start` (D,): the context before the first patch of a stream is complete.
-    `conditions(contexts)`: contexts (B, n, D) -> (B, n, P, D), what the decoder adds to a token's
+    D is the byte-level width `dim`, W the trunk's `layer_dim` (`trunk_dim`, default D).
+    `encode(x)`: x (B, n*P, D) stem features of n complete patches -> (B, n, W) trunk inputs.
+    `context(o)`: trunk outputs (B, n, W) -> the contexts the decoder reads (B, n, W), normalised.
+    `start` (W,): the context before the first patch of a stream is complete.
+    `conditions(contexts)`: contexts (B, n, W) -> (B, n, P, D), what the decoder adds to a token's
     stem feature at each phase 0..P-1 after each context (computed once per patch, not per token).
     `decode(x, condition)`: x (B, T, D) stem features, condition (B, T, D) per token (picked from
     `conditions` by context and phase) -> (B, T, D) features for the final norm and head.
@@ -38,11 +39,12 @@ class PatchCodec(nn.Module):
         super().__init__()
         c = config
         self.patch_size = P = c.patch_size
-        self.encoder = nn.Linear(P * c.dim, c.dim, bias=False)
-        self.start = nn.Parameter(torch.randn(c.dim) * c.init_std)
-        self.context_norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        W = c.layer_dim
+        self.encoder = nn.Linear(P * c.dim, W, bias=False)
+        self.start = nn.Parameter(torch.randn(W) * c.init_std)
+        self.context_norm = nn.LayerNorm(W, eps=c.norm_eps)
         per_phase = c.decoder_context == "per_phase"
-        self.context_proj = nn.Linear(c.dim, c.dim * (P if per_phase else 1), bias=False)
+        self.context_proj = nn.Linear(W, c.dim * (P if per_phase else 1), bias=False)
         self.phase = nn.Embedding(P, c.dim)
         self.blocks = nn.ModuleList(_MLPBlock(c) for _ in range(c.decoder_layers))
 
@@ -54,8 +56,8 @@ class PatchCodec(nn.Module):
         return self.context_norm(o)
 
     def conditions(self, contexts: Tensor) -> Tensor:
-        B, n, D = contexts.shape
-        return self.context_proj(contexts).view(B, n, -1, D) + self.phase.weight  # (1 or P) + (P, D) -> P
+        B, n, _ = contexts.shape
+        return self.context_proj(contexts).view(B, n, -1, self.phase.weight.shape[1]) + self.phase.weight  # (1 or P) + (P, D) -> P
 
     def decode(self, x: Tensor, condition: Tensor) -> Tensor:
         h = x + condition
@@ -65,13 +67,14 @@ class PatchCodec(nn.Module):
 
 
 class _MLPBlock(nn.Module):
-    """Pre-norm residual MLP on each token alone: (B, T, D) -> (B, T, D)."""
+    """Pre-norm residual MLP on each token alone: (B, T, D) -> (B, T, D); `dropout` on its branch while training."""
 
     def __init__(self, c: OmConfig):
         super().__init__()
         self.norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
         self.mlp_in = nn.Linear(c.dim, c.mlp_hidden, bias=False)
         self.mlp_out = nn.Linear(c.mlp_hidden, c.dim, bias=False)
+        self.dropout = nn.Dropout(c.dropout)
 
     def forward(self, h: Tensor) -> Tensor:
-        return h + self.mlp_out(F.gelu(self.mlp_in(self.norm(h))))
+        return h + self.dropout(self.mlp_out(F.gelu(self.mlp_in(self.norm(h)))))

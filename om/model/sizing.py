@@ -19,11 +19,22 @@ FLOAT_BYTES = 4  # parameters, gradients, optimizer state and activations are fl
 
 def parameter_count(c: OmConfig) -> int:
     """The number of parameters of `OmLLM(c)` (a tied head counted once), without building it."""
-    D, H, S = c.dim, c.n_heads, c.state_len
-    roles = 3 if S > 0 else 1
+    D = c.dim
     embed = c.padded_vocab_size * D
     head = 0 if c.tie_embeddings else c.padded_vocab_size * D
     stem = sum(D * D // c.stem_groups * k + D for k in c.stem_kernels)
+    patching = 0
+    if c.patch_size > 1:  # encoder, start context, context norm and projection, phases, decoder blocks
+        P, W = c.patch_size, c.layer_dim
+        projections = P if c.decoder_context == "per_phase" else 1
+        patching = P * D * W + W + 2 * W + projections * W * D + P * D + c.decoder_layers * (2 * D + 2 * D * c.mlp_hidden)
+    return embed + head + stem + c.n_layers * _layer_parameters(c.trunk_config()) + 2 * D + patching
+
+
+def _layer_parameters(c: OmConfig) -> int:
+    """Parameters of one `ARCformer(c)`."""
+    D, H, S = c.dim, c.n_heads, c.state_len
+    roles = 3 if S > 0 else 1
     d_in = [D] + c.dims_value[:-1]  # what each pass projects, per head
     arc = sum(roles * H * d_in[p] * (2 * c.dims_key[p] + c.dims_value[p]) for p in range(c.n_passes))  # q|k|v per role
     if S > 0:
@@ -35,16 +46,12 @@ def parameter_count(c: OmConfig) -> int:
     layer = norms * 2 * D + arc + 2 * D * c.mlp_hidden + S * D  # LayerNorms, ARC, MLP, initial state
     if c.state_update == "gated" and S > 0:
         layer += D * D + D  # the state gate
-    patching = 0
-    if c.patch_size > 1:  # encoder, start context, context norm and projection, phases, decoder blocks
-        P = c.patch_size
-        projections = P if c.decoder_context == "per_phase" else 1
-        patching = P * D * D + D + 2 * D + projections * D * D + P * D + c.decoder_layers * (2 * D + 2 * D * c.mlp_hidden)
-    return embed + head + stem + c.n_layers * layer + 2 * D + patching
+    return layer
 
 
 def _segment_activations(c: OmConfig) -> int:
     """Floats one layer keeps for backward per sample and segment (a generous count)."""
+    c = c.trunk_config()
     D, H, S, L = c.dim, c.n_heads, c.state_len, c.segment_len
     rows = 2 * S + L
     widths = 4 * D * L + 2 * D * S + 2 * L * c.mlp_hidden  # norms, residuals, MLP in/out
@@ -86,7 +93,7 @@ def training_estimate(c: OmConfig, micro_batch_size: int, seq_len: int, activati
     n = parameter_count(c)
     segments = -(-seq_len // c.segment_tokens)
     if activation_checkpointing:
-        kept = 2 * c.segment_len * c.dim + c.n_layers * c.state_len * c.dim  # input and output rows, states
+        kept = 2 * c.segment_len * c.layer_dim + c.n_layers * c.state_len * c.layer_dim  # input and output rows, states
         per_sample = segments * kept + c.n_layers * _segment_activations(c)
     else:
         per_sample = c.n_layers * segments * _segment_activations(c)
