@@ -77,22 +77,27 @@ VARIANTS = {
     # The dense stem with one shared context projection (decoder_context shared): which of the two changes helps.
     "om-bytes-patched-4-dense-stem-shared": dict(codec="bytes", model={"patch_size": 4, "stem_kernels": [4], "decoder_layers": 3},
                                                  train={"segments_per_sample": 2}),
-    # ... and the ARC layers twice as wide (trunk_dim 256, 4x their weights): running once per 4 bytes,
-    # they cost about what the 128-wide layers of unpatched Om cost per byte.
+    # om-bytes-patched-4-dense-stem-shared with ARC layers twice as wide (trunk_dim 256, 4x their weights):
+    # running once per 4 bytes, they cost about what the 128-wide layers of unpatched Om cost per byte.
     "om-bytes-patched-4-wide": dict(codec="bytes", model={"patch_size": 4, "stem_kernels": [4], "decoder_layers": 3,
-                                                          "decoder_context": "per_phase", "trunk_dim": 256},
+                                                          "trunk_dim": 256},
                                     train={"segments_per_sample": 2}),
+    # P=8 with the same local decoder (one dense width-8 convolution, 3 blocks); segments of 16
+    # patches (128 bytes), samples of 256 bytes.
+    "om-bytes-patched-8-dense-stem": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
+                                                                "decoder_layers": 3},
+                                          train={"segments_per_sample": 2}),
     # Dropout 0.1 on attention weights and residual branches (the decoder's too): 10 minutes on
     # this corpus is several epochs of it, and the training loss ends well below the held-out one.
     "om-bytes-dropout": dict(codec="bytes", model={"dropout": 0.1}),
     "om-bytes-patched-4-dropout": dict(codec="bytes", model={"patch_size": 4, "stem_kernels": [4], "decoder_layers": 3,
-                                                             "decoder_context": "per_phase", "dropout": 0.1},
+                                                             "dropout": 0.1},
                                        train={"segments_per_sample": 2}),
-    # om-bytes-patched-4-dense-stem trained for long streams as om-bytes-long-memory is (state
+    # om-bytes-patched-4-dropout trained for long streams as om-bytes-long-memory is (state
     # carried, the residual update, a backprop window growing from 4 to 8 to 16 segments): om eval
     # scores the held-out plays as one stream of about 4,000 segments of 128 bytes.
     "om-bytes-patched-4-long-memory": dict(codec="bytes", model={"patch_size": 4, "stem_kernels": [4], "decoder_layers": 3,
-                                                                 "decoder_context": "per_phase", "state_update": "residual"},
+                                                                 "state_update": "residual", "dropout": 0.1},
                                            train={"state": "carry", "segments_per_sample": None,
                                                   "curriculum": [[0, 4], [1500, 8], [3000, 16]]}),
     # Unpatched with one width-4 convolution instead of widths 2, 3 and 4: the same functions (a sum

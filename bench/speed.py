@@ -54,9 +54,12 @@ def om_variants(base: dict) -> dict[str, dict]:
         "Om patched P=8, depthwise stem, stem [2, 4, 8]": {**base, **depthwise, "patch_size": 8,
                                                         "segment_len": max(1, base["segment_len"] // 2),
                                                         "stem_kernels": [2, 4, 8]},
-        # bench/quality.py's best patched row (om-bytes-patched-4-dense-stem).
-        "Om patched P=4, dense stem [4], 3 decoder blocks per phase": {**base, "patch_size": 4, "stem_kernels": [4],
-                                                                       "decoder_layers": 3, "decoder_context": "per_phase"},
+        # bench/quality.py's best patched model (om-bytes-patched-4-dense-stem-shared; dropout costs no FLOPs).
+        "Om patched P=4, dense stem [4], 3 decoder blocks": {**base, "patch_size": 4, "stem_kernels": [4], "decoder_layers": 3},
+        "Om patched P=4, dense stem [4], 3 decoder blocks, trunk_dim 2x": {**base, "patch_size": 4, "stem_kernels": [4],
+                                                                           "decoder_layers": 3, "trunk_dim": 2 * base["dim"]},
+        "Om patched P=8, dense stem [8], 3 decoder blocks": {**base, "patch_size": 8, "stem_kernels": [8], "decoder_layers": 3,
+                                                             "segment_len": max(1, base["segment_len"] // 2)},
         "Om, stem [4]": {**base, "stem_kernels": [4]},
     }
 
