@@ -65,7 +65,7 @@ class IncrementalDecoder:
         self.rotations = _rotations(first, ref) if first.rope else None
         self.patch_tail, self.context = state.patch_tail, state.context
         if model.patch is not None:
-            self.conditions = model.patch.conditions(self.context.unsqueeze(1))[:, 0]  # (B, P, D)
+            self._read_context(state.context)
         self.weights = [_LayerWeights(layer) for layer in model.layers]
         self._views()
 
@@ -99,12 +99,16 @@ class IncrementalDecoder:
         self.patch_tail = window[:, 1:]
         if (self.offset + 1) % P == 0:
             o = self._trunk_step(F.linear(window.flatten(1), patch.encoder.weight), self.offset // P)
-            self.context = patch.context(o)
-            self.conditions = patch.conditions(self.context.unsqueeze(1))[:, 0]
+            self._read_context(patch.context(o))
         h = x + self.conditions[:, (self.offset + 1) % P]
         for block in patch.blocks:
             h = block(h)
         return h
+
+    def _read_context(self, context: Tensor) -> None:
+        """A patched model's new context (B, W): kept for `state()`, and its (B, P, D) conditions, one per phase."""
+        self.context = context
+        self.conditions = self.model.patch.conditions(context.unsqueeze(1))[:, 0]
 
     def _trunk_step(self, x: Tensor, position: int) -> Tensor:
         """One trunk row x (B, D) at trunk position `position` through every layer -> (B, D)."""
