@@ -22,7 +22,7 @@ import time
 import torch
 
 from bench.quality import OM_MODEL
-from bench.report import machine, markdown_table, write_section
+from bench.report import load_text, machine, markdown_table, write_section
 
 CASES = {
     "linear-train-inductor": "a Linear + cross-entropy training step, inductor",
@@ -148,7 +148,8 @@ def main() -> None:
     print(text)
     if not args.no_write:
         write_section("compile-cpu", "## torch.compile on CPU\n\n"
-                      f"Machine: {machine()}\n\nCommand: `python -m bench.compile_cpu --steps {args.steps}`\n\n" + text)
+                      f"Machine: {machine()}; load average when written: {load_text()}\n\n"
+                      f"Command: `python -m bench.compile_cpu --steps {args.steps}`\n\n" + text)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ layer-major against the segment-by-segment rate.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
 
 from bench.eval_sample_speed import corpus
 from bench.quality import OM_MODEL
-from bench.report import machine, markdown_table, write_section
+from bench.report import load_text, machine, markdown_table, write_section
 from om import OmConfig, OmLLM
 from om.data.codecs import BytesCodec
 from om.evaluate import evaluate
@@ -72,11 +71,10 @@ def main() -> None:
                             f"layer-major, {args.mib} MiB, bytes/s", "speed-up",
                             f"bits/byte ({base_mib} MiB, segment by segment)", f"bits/byte ({base_mib} MiB, layer-major)",
                             f"bits/byte ({args.mib} MiB, layer-major)"], rows)
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(table)
     if not args.no_write:
         write_section("eval-speed", "## Evaluating one long stream: layer-major vs segment by segment\n\n"
-                      f"Machine: {machine()}; load average when written: {load}; nothing else ran.\n\n"
+                      f"Machine: {machine()}; load average when written: {load_text()}; nothing else ran.\n\n"
                       f"Command: `python -m bench.eval_speed --mib {args.mib} --baseline-mib {base_mib} --threads {args.threads}`: "
                       f"one {args.mib} MiB file of stdlib Python source as one stream (batch 1), random-init bytes models; "
                       f"segment by segment and layer-major compared on its first {base_mib} MiB, layer-major also on all of it. "

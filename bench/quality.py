@@ -28,7 +28,7 @@ import yaml
 
 from bench.compressors import bits_per_byte
 from bench.corpora import CACHE, shakespeare_split
-from bench.report import machine, markdown_table, write_section
+from bench.report import load_text, machine, markdown_table, write_section
 
 WORK = CACHE / "quality"
 
@@ -270,7 +270,7 @@ def main() -> None:
     if not args.no_write:
         body = (
             "## 1. Quality at equal wall-clock (Shakespeare)\n\n"
-            f"Machine: {machine()}\n\n"
+            f"Machine: {machine()}; load average when written: {load_text()}\n\n"
             f"Command: `python -m bench.quality --minutes {args.minutes:g}`\n\n"
             f"Data: 42 Shakespeare plays (5,057,198 bytes), validation = last 10% ({val_txt.stat().st_size:,} bytes), "
             f"{args.minutes:g} minutes of training per model on 2 cores. Om model: `{OM_MODEL}`; training: `{TRAIN}`. "

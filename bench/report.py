@@ -19,6 +19,11 @@ BENCHMARKS = ROOT / "BENCHMARKS.md"
 HEADER = "# Om benchmarks\n\nEvery figure here is written by a script in `bench/`; rerun the command shown to reproduce it.\n"
 
 
+def load_text() -> str:
+    """The 1, 5 and 15 minute load averages, as a BENCHMARKS.md line says them: "1.68, 1.90, 1.85"."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def machine() -> str:
     """One line: CPU model, cores, torch version, date."""
     import torch

@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.model_throughput import REFERENCE, time_steps
 from bench.plain_transformer import PlainTransformer
-from bench.report import machine, markdown_table, write_section
+from bench.report import load_text, machine, markdown_table, write_section
 from om import OmConfig, OmLLM
 
 BATCH, SEGMENTS = 8, 4
@@ -198,7 +198,8 @@ def main() -> None:
         print(text)
         if not args.no_write:
             write_section("speed-headline", "## 2b. Speed at the headline size (Shakespeare model)\n\n"
-                          f"Machine: {machine()}\n\nCommand: `python -m bench.speed --size headline --steps {args.steps}`"
+                          f"Machine: {machine()}; load average when written: {load_text()}\n\n"
+                          f"Command: `python -m bench.speed --size headline --steps {args.steps}`"
                           f"\n\nOm model: `{base}`; the patched and depthwise rows change only what their names say "
                           "(P=8 halves segment_len, so a segment keeps 128+ bytes). Plain Transformer: same width, "
                           f"depth and heads, context {context}.\n\n" + text)
