@@ -97,9 +97,10 @@ def next_tokens(logits: torch.Tensor, options: SamplingOptions, generators: list
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     # torch.multinomial(p, 1) is argmax(p / E) with E ~ Exp(1) drawn from its generator, so drawing
     # each row's E from that row's generator gives the same ids without its per-call checks.
-    V = probs.shape[-1]
-    noise = torch.stack([torch.empty(V, dtype=probs.dtype).exponential_(1, generator=g) for g in generators])
-    return torch.argmax(probs / noise, dim=-1).tolist()
+    noise = torch.empty_like(probs)
+    for row, g in zip(noise, generators):
+        row.exponential_(1, generator=g)
+    return torch.argmax(probs.div_(noise), dim=-1).tolist()
 
 
 class TokenDecoder:
@@ -213,10 +214,11 @@ def generate_ids(
     try:
         with torch.inference_mode():
             logits, state = _after_prompt(model, codec, prompt_ids, context)
-            decoder = IncrementalDecoder(model, state)
-        last, fed = logits[0, -1], torch.zeros(1, dtype=torch.long, device=device)
+            decoder = IncrementalDecoder(model, state, banned=banned_mask)  # its logits come masked
+        last = logits[0, -1].masked_fill(banned_mask.to(logits.device), float("-inf"))
+        fed = torch.zeros(1, dtype=torch.long, device=device)
         while True:
-            token = next_token(last.float().cpu().masked_fill(banned_mask, float("-inf")), options, generator)
+            token = next_token(last.float().cpu(), options, generator)
             if token == sep:
                 return
             yield token
@@ -347,11 +349,10 @@ def generate_many(
         with torch.inference_mode():
             logits, state = _after_prompt(model, codec, prompt_ids, context)
             live = list(range(num_samples)) if max_bytes > 0 else []
-            decoder = IncrementalDecoder(model, state.select([0] * len(live)))
-            last = logits[:, -1].expand(len(live), -1)
+            decoder = IncrementalDecoder(model, state.select([0] * len(live)), banned=banned_mask)
+            last = logits[:, -1].masked_fill(banned_mask.to(logits.device), float("-inf")).expand(len(live), -1)
             while live:
-                masked = last.float().cpu().masked_fill(banned_mask, float("-inf"))
-                tokens = next_tokens(masked, options, [rows[i].generator for i in live])
+                tokens = next_tokens(last.float().cpu(), options, [rows[i].generator for i in live])
                 going = [r for r, (i, t) in enumerate(zip(live, tokens)) if t != sep and rows[i].take(t)]
                 if not going:
                     break

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from om.compress import MAGIC
+
 from tests.test_eval_support import chars_codec, one_thread, run_cli, save_tiny_checkpoint  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -82,7 +84,7 @@ def test_round_trips_across_processes(ckpt, tmp_path):
         decompress.append(["decompress", path, tmp_path / f"{name}.omz", "-o", tmp_path / f"{name}.out"])
     codes, packed, notes = om_batch([*compress, ["compress", path, "-", "-o", "-", "--block-size", "300"]], input=piped)
     assert codes == [0] * (len(cases) + 1), notes
-    assert packed[:4] == b"OMZ\x01"
+    assert packed[:4] == MAGIC
     assert len(notes) == len(cases) + 1 and all(n.startswith("om compress: ") for n in notes), notes
     assert "3,000 -> " in notes[0] and "bits/byte" in notes[0] and "empty input" in notes[2], notes
     assert notes[-1].startswith("om compress: <stdin>: 700 -> ") and "block 300, 1 thread" in notes[-1], notes
@@ -92,7 +94,7 @@ def test_round_trips_across_processes(ckpt, tmp_path):
     assert notes[-1].startswith(f"om decompress: <stdin>: {len(packed):,} -> 700 bytes"), notes
     for name, (data, _) in cases.items():
         assert (tmp_path / f"{name}.out").read_bytes() == data, name
-        assert (tmp_path / f"{name}.omz").read_bytes()[:4] == b"OMZ\x01"
+        assert (tmp_path / f"{name}.omz").read_bytes()[:4] == MAGIC
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 

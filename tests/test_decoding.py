@@ -16,6 +16,7 @@ EXTRA = {
     "patched-4-gated": dict(patch_size=4, state_update="gated", stem_groups=4),
     "patched-3-per-phase": dict(patch_size=3, decoder_context="per_phase", decoder_layers=2),
     "patched-2-wide-trunk": dict(patch_size=2, trunk_dim=48, dims_key=[8], dims_value=[8]),
+    "one-wide-stem": dict(stem_kernels=[1], dims_key=[8], dims_value=[8]),
 }
 ALL = {**CONFIGS, **EXTRA}
 MODELS = {name: tiny_model(seed=10 + i, **cfg) for i, (name, cfg) in enumerate(ALL.items())}
@@ -72,10 +73,11 @@ def test_select_keeps_rows(name):
     assert (whole[[2, 0], 11:] - got).abs().max().item() <= 1e-4
 
 
-def test_middle_rows_take_the_fast_path():
-    """Only a segment's first and last rows go through ARCformer.extend (a CoPE model: every row)."""
+def test_rows_take_the_fast_path():
+    """A one-pass model without CoPE never calls ARCformer.extend (its state rows are projected once
+    per segment); with several passes only a segment's first and last rows do; with CoPE every row."""
     calls = {}
-    for name in ("rope", "cope"):
+    for name in ("rope", "one-pass", "cope"):
         model = MODELS[name]
         layer = model.layers[0]
         count = [0]
@@ -91,7 +93,26 @@ def test_middle_rows_take_the_fast_path():
         finally:
             del layer.extend
         calls[name] = count[0]
-    assert calls == {"rope": 2 * 3, "cope": 3 * MODELS["cope"].config.segment_len}
+    assert len(MODELS["rope"].config.dims_key) > 1 and len(MODELS["one-pass"].config.dims_key) == 1
+    assert calls == {"rope": 2 * 3, "one-pass": 0, "cope": 3 * MODELS["cope"].config.segment_len}
+
+
+@pytest.mark.parametrize("name", ["one-pass", "wide-stem", "patched-3-depthwise-stem", "one-wide-stem"])
+def test_stem_by_table_and_by_matmul_agree_with_forward(name, monkeypatch):
+    """The decoder's stem runs by table lookup for small vocabularies and as one matmul otherwise: both
+    equal the forward pass, and so does the stem tail they export mid-stream."""
+    import om.model.decoding as decoding
+
+    model = MODELS[name]
+    tokens = torch.randint(0, model.config.vocab_size, (2, 23), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        whole, whole_state = model(tokens)
+    for limit in (decoding.STEM_TABLE_BYTES, 0):
+        monkeypatch.setattr(decoding, "STEM_TABLE_BYTES", limit)
+        stepped, decoder = _decode(model, tokens, 3)
+        assert (decoder.stem_table is not None) == (limit > 0)
+        assert (whole - stepped).abs().max().item() <= 1e-4
+        assert_states_equal(whole_state, decoder.state())
 
 
 def _forward_sampling(model, codec, prompt: bytes, n: int, options) -> bytes:

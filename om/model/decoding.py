@@ -6,16 +6,22 @@ per token for the reference model, so op overhead rather than arithmetic sets de
 This decoder computes the same function with far fewer ops:
 
 - each pass's keys and values live in a (B, H, S + L, d) buffer written in place, one row per token;
-- a segment row's RoPE turn is one matmul with a precomputed rotation matrix per position;
-- the stem is one matmul over its window of the last max(k) inputs (the convolutions' weights
-  gathered by lag);
-- a patched model's context projections are computed once per patch, not once per token.
+- a segment row's query and key turn (RoPE) by one matmul with a precomputed matrix per position;
+- the stem is a lookup of one precomputed row per token and lag (`_stem_by_table`), or for large
+  vocabularies one matmul over its window of the last max(k) inputs (weights gathered by lag);
+- a patched model's context projections are computed once per patch, not once per token;
+- the matrices a row goes through are copied once, transposed to (in, out) and contiguous: at batch
+  1 `torch.mm` on that layout took about half the time of `F.linear` on the module's (out, in)
+  weight, and GELU is computed from `erf` (F.gelu took 7 us on 512 numbers, erf 1 us), its factor
+  1/2 folded into the next matrix and the residual add into its `addmm`;
+- with one pass and no CoPE, the state's read rows (keys and values) and write rows (q, k, v) are
+  projected once per segment, when the segment starts, and the write rows attend once it ends
+  (as `ARC.segments_batched` does), so every row of a segment takes the same short path.
 
-The first and the last row of each segment (where the read rows are added, and where the write
-rows make the next state) go through `ARCformer.extend` itself, as do all rows of a CoPE model
-(whose bias needs the logits), so the state update has exactly one implementation. Results equal
-`OmLLM.forward` to float rounding (a matmul sums in another order than the elementwise RoPE and
-the convolutions); `tests/test_decoding.py` checks them against it.
+With several passes a segment's first and last rows, and with CoPE (whose bias needs the logits)
+every row, go through `ARCformer.extend` itself. Results equal `OmLLM.forward` to float rounding
+(matmuls sum in another order than the elementwise RoPE, the convolutions and `F.linear`);
+`tests/test_decoding.py` checks them against it.
 """
 
 from __future__ import annotations
@@ -24,7 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from om.model.attention import causal_allowed
 from om.model.state import OmState
+
+# The stem runs by table lookup (`IncrementalDecoder._stem_by_table`) when its table, vocabulary x
+# max(k) x D numbers, takes at most this much memory (bytes: 320 x 4 x 128 floats = 0.66 MB).
+STEM_TABLE_BYTES = 64 * 2**20
 
 
 class IncrementalDecoder:
@@ -34,10 +45,11 @@ class IncrementalDecoder:
     state)` gives for the same stream (to float rounding), and the decoder advances by one token.
     `state()` -> an `OmState` at the current position (a copy: continuing it with `model` gives
     the same results as continuing this decoder). `select(rows)` keeps only the given rows.
+    `banned` (vocab_size,) bool: ids whose logits `step` sets to -inf (sampling's disallowed ids).
     The model must not change while a decoder uses it; run under `torch.inference_mode()`.
     """
 
-    def __init__(self, model, state: OmState):
+    def __init__(self, model, state: OmState, banned: Tensor | None = None):
         self.model, self.config = model, model.config
         c = self.config
         self.batch_size = B = state.batch_size
@@ -62,11 +74,26 @@ class IncrementalDecoder:
                     self.values[i][p][:, :, : self.rows].copy_(v)
         self.stem_tail = state.stem_tail
         self.stem_weight, self.stem_bias = _stem_matrix(model.stem, c.dim, ref)
+        self.stem_table = None
+        if self.stem_weight is not None and ref.numel() * max(model.stem.kernels) * ref.element_size() <= STEM_TABLE_BYTES:
+            self._stem_by_table(model.embed.weight)
         self.rotations = _rotations(first, ref) if first.rope else None
         self.patch_tail, self.context = state.patch_tail, state.context
         if model.patch is not None:
             self._read_context(state.context)
         self.weights = [_LayerWeights(layer) for layer in model.layers]
+        # One-pass ARC without CoPE: a segment's first and last rows are middle rows plus the state's
+        # read and write rows, projected together once per segment (else they go through `extend`).
+        self.state_rows = None
+        if not self.general and len(self.dims_key) == 1:
+            self.state_rows = [_state_weights(layer.arc) for layer in model.layers] if self.state_len else []
+            self.write_mask = causal_allowed(self.state_len, 2 * self.state_len + self.segment_len, ref.device)
+            if self.state_len and self.rows:  # mid-segment: the read rows are in the cache already
+                self._project_state_rows()
+        self.blocks = [] if model.patch is None else [_MLPWeights(b.norm, b.mlp_in, b.mlp_out) for b in model.patch.blocks]
+        self.final_norm = (model.norm.weight, model.norm.bias, model.norm.eps)
+        self.head = _transposed(model.head.weight[: c.vocab_size])  # (D, vocab_size)
+        self.head_bias = None if banned is None else ref.new_zeros(c.vocab_size).masked_fill(banned.to(ref.device), float("-inf"))
         self._views()
 
     def _views(self) -> None:
@@ -76,21 +103,56 @@ class IncrementalDecoder:
         self.key_spans = [[[k.narrow(2, 0, n + 1) for n in range(k.shape[2])] for k in ks] for ks in self.keys]
         self.value_spans = [[[v.narrow(2, 0, n + 1) for n in range(v.shape[2])] for v in vs] for vs in self.values]
 
+    def _stem_by_table(self, embed: Tensor) -> None:
+        """The stem as lookups: token id t contributes row j of stem_table[t] (K, D) to the stem
+        output j tokens later (row 0 also holds its embedding and the biases), so one step adds K
+        rows instead of a (K * D, D) matmul. `stem_ahead` (B, K - 1, D): what the tokens already
+        read add to the next K - 1 outputs; `recent`: the last K - 1 token ids, for `state()`."""
+        B, K, D = self.batch_size, self.stem_tail.shape[1] + 1, embed.shape[1]
+        by_lag = self.stem_weight.view(K, D, D).flip(0)  # [j]: the weight of the input j tokens back
+        table = torch.einsum("vd,jde->vje", embed, by_lag)
+        table[:, 0] += embed + self.stem_bias
+        self.stem_table = table.reshape(embed.shape[0], K * D)
+        tail = self.stem_tail.to(embed.dtype)
+        ahead = [tail[:, j:].flatten(1) @ self.stem_weight[: (K - 1 - j) * D] for j in range(K - 1)]
+        self.stem_ahead = torch.stack(ahead, dim=1) if ahead else tail
+        self.recent: list[Tensor] = []
+
+    def _stem_step(self, tokens: Tensor) -> Tensor:
+        """Stem output (B, D) for one new token per row, by table (see `_stem_by_table`)."""
+        rows = F.embedding(tokens, self.stem_table).view(self.batch_size, -1, self.stem_ahead.shape[-1])
+        K = rows.shape[1]
+        rows[:, : K - 1] += self.stem_ahead
+        self.stem_ahead = rows[:, 1:]
+        if K > 1:
+            self.recent = (self.recent + [tokens.clone()])[-(K - 1) :]
+        return rows[:, 0]
+
+    def _current_stem_tail(self) -> Tensor:
+        """(B, max(k) - 1, D): the stem tail at the current position (the table path keeps ids, not embeddings)."""
+        if self.stem_table is None or not self.recent:
+            return self.stem_tail
+        read = F.embedding(torch.stack(self.recent, dim=1), self.model.embed.weight)
+        return torch.cat((self.stem_tail, read), dim=1)[:, read.shape[1] :]
+
     # ---------------------------------------------------------------------------------------------
     def step(self, tokens: Tensor) -> Tensor:
         model, c = self.model, self.config
-        x = F.embedding(tokens, model.embed.weight)  # (B, D)
-        if self.stem_weight is not None:
-            window = torch.cat((self.stem_tail, x.unsqueeze(1)), dim=1)  # (B, max(k), D), oldest first
-            x = torch.addmm(self.stem_bias, window.flatten(1), self.stem_weight, beta=1, alpha=1).add_(x)
-            self.stem_tail = window[:, 1:]
+        if self.stem_table is not None:
+            x = self._stem_step(tokens)
+        else:
+            x = F.embedding(tokens, model.embed.weight)  # (B, D)
+            if self.stem_weight is not None:
+                window = torch.cat((self.stem_tail, x.unsqueeze(1)), dim=1)  # (B, max(k), D), oldest first
+                x = torch.addmm(self.stem_bias, window.flatten(1), self.stem_weight).add_(x)
+                self.stem_tail = window[:, 1:]
         if model.patch is None:
             h = self._trunk_step(x, self.offset)
         else:
             h = self._decode_in_patch(x)
         self.offset += 1
-        logits = F.linear(F.layer_norm(h, (c.dim,), model.norm.weight, model.norm.bias, model.norm.eps), model.head.weight)
-        return logits[:, : c.vocab_size]
+        h = F.layer_norm(h, (c.dim,), *self.final_norm)
+        return torch.mm(h, self.head) if self.head_bias is None else torch.addmm(self.head_bias, h, self.head)
 
     def _decode_in_patch(self, x: Tensor) -> Tensor:
         """A patched model's token x (B, D): the trunk runs when it completes a patch; -> (B, D) decoder output."""
@@ -101,8 +163,8 @@ class IncrementalDecoder:
             o = self._trunk_step(F.linear(window.flatten(1), patch.encoder.weight), self.offset // P)
             self._read_context(patch.context(o))
         h = x + self.conditions[:, (self.offset + 1) % P]
-        for block in patch.blocks:
-            h = block(h)
+        for block in self.blocks:
+            h = block.residual(h)
         return h
 
     def _read_context(self, context: Tensor) -> None:
@@ -112,13 +174,52 @@ class IncrementalDecoder:
 
     def _trunk_step(self, x: Tensor, position: int) -> Tensor:
         """One trunk row x (B, D) at trunk position `position` through every layer -> (B, D)."""
-        into = position % self.segment_len
-        if self.general or into == 0 or into == self.segment_len - 1:
+        into, last = position % self.segment_len, self.segment_len - 1
+        if self.general or (self.state_rows is None and into in (0, last)):
             return self._general_step(x, position, into)
+        if into == 0 and self.state_len:
+            self._read_state_rows()
         for i, weights in enumerate(self.weights):
             x = self._layer_step(i, weights, x, into)
         self.rows += 1
+        if into == last:
+            self._write_state_rows()
         return x
+
+    def _project_state_rows(self) -> None:
+        """Per layer, the read rows' k|v and the write rows' q|k|v of the state it reads now, (B, H, S, width)
+        each: one matmul of the S normalised state rows with both roles' weights, then their RoPE turns."""
+        B, H, S, dk, dv = self.batch_size, self.heads, self.state_len, self.dims_key[0], self.dims_value[0]
+        self.state_qkv = []
+        for layer, weights in zip(self.model.layers, self.state_rows):
+            read = layer._read(self.layer_states[len(self.state_qkv)])
+            rows = torch.matmul(read, weights).view(B, S, H, -1).transpose(1, 2)  # (B, H, S, (dk+dv) + (2dk+dv))
+            k_read, v_read, q_w, k_w, v_w = rows.split((dk, dv, dk, dk, dv), dim=-1)
+            turn = layer.arc._turn
+            self.state_qkv.append((turn(0, k_read, "read"), v_read, turn(0, q_w, "write"), turn(0, k_w, "write"), v_w))
+
+    def _read_state_rows(self) -> None:
+        """At a segment's first row: the read rows' keys and values into buffer rows 0..S-1."""
+        self._project_state_rows()
+        for keys, values, (k_read, v_read, *_) in zip(self.keys, self.values, self.state_qkv):
+            keys[0][:, :, : self.state_len].copy_(k_read)
+            values[0][:, :, : self.state_len].copy_(v_read)
+        self.rows = self.state_len
+
+    def _write_state_rows(self) -> None:
+        """After a segment's last row: each layer's write rows attend to [read rows; segment; write rows]
+        (causal among the write rows), and the layer's state moves on."""
+        B, S, filled = self.batch_size, self.state_len, self.rows
+        for i, layer in enumerate(self.model.layers):
+            if S:
+                _, _, q_w, k_w, v_w = self.state_qkv[i]
+                keys = torch.cat((self.keys[i][0][:, :, :filled], k_w), dim=2)
+                values = torch.cat((self.values[i][0][:, :, :filled], v_w), dim=2)
+                written = F.scaled_dot_product_attention(q_w, keys, values, attn_mask=self.write_mask,
+                                                         scale=self.weights[i].scales[0])
+                written = layer.arc.proj_state(written.transpose(1, 2).reshape(B, S, -1))
+                self.layer_states[i] = layer._next_state(self.layer_states[i], written)
+        self.rows = 0
 
     def _general_step(self, x: Tensor, position: int, into: int) -> Tensor:
         """`ARCformer.extend` on the row, its cache read from and written back to the buffers."""
@@ -146,17 +247,16 @@ class IncrementalDecoder:
         h = F.layer_norm(x, (D,), *w.norm_attn)
         z = None
         for p, dk in enumerate(self.dims_key):
-            qkv = F.linear(h, w.proj_in).view(B, H, 1, -1) if p == 0 else z @ w.passes[p - 1]
-            qk = qkv[..., : 2 * dk].view(B, H, 2, dk)  # this row's query and key
-            if self.rotations is not None:
-                qk = qk @ self.rotations[p][into]
+            qkv = torch.mm(h, w.proj_in).view(B, H, 1, -1) if p == 0 else z @ w.passes[p - 1]
+            if self.rotations is None:
+                qk = qkv[..., : 2 * dk].view(B, H, 2, dk)  # this row's query and key
+            else:  # both turned by one (2dk, 2dk) matrix, read in place (BLAS takes the row stride)
+                qk = torch.mm(qkv.view(B * H, -1)[:, : 2 * dk], self.rotations[p][into]).view(B, H, 2, dk)
             self.key_rows[i][p][n].copy_(qk.select(2, 1))
             self.value_rows[i][p][n].copy_(qkv.select(2, 0)[..., 2 * dk :])
             z = F.scaled_dot_product_attention(qk[:, :, :1], self.key_spans[i][p][n], self.value_spans[i][p][n],
                                                scale=w.scales[p])
-        x = x + F.linear(z.view(B, -1), w.proj_out)
-        m = F.layer_norm(x, (D,), *w.norm_mlp)
-        return x + F.linear(F.gelu(F.linear(m, w.mlp_in)), w.mlp_out)
+        return w.mlp.residual(torch.addmm(x, z.view(B, -1), w.proj_out))
 
     # ---------------------------------------------------------------------------------------------
     def state(self) -> OmState:
@@ -164,7 +264,7 @@ class IncrementalDecoder:
         if self.rows:
             caches = [tuple((k[:, :, : self.rows].clone(), v[:, :, : self.rows].clone()) for k, v in zip(ks, vs))
                       for ks, vs in zip(self.keys, self.values)]
-        return OmState(list(self.layer_states), caches, self.stem_tail.clone(), self.offset,
+        return OmState(list(self.layer_states), caches, self._current_stem_tail().clone(), self.offset,
                        None if self.patch_tail is None else self.patch_tail.clone(), self.context)
 
     def select(self, rows: Tensor | list[int]) -> None:
@@ -175,9 +275,43 @@ class IncrementalDecoder:
         self.values = [[pick(v) for v in vs] for vs in self.values]
         self._views()
         self.layer_states = [pick(s) for s in self.layer_states]
-        self.stem_tail = pick(self.stem_tail)
+        if getattr(self, "state_qkv", None):
+            self.state_qkv = [tuple(map(pick, rows)) for rows in self.state_qkv]
+        self.stem_tail = pick(self._current_stem_tail())
+        if self.stem_table is not None:
+            self.stem_ahead, self.recent = pick(self.stem_ahead), []
         if self.patch_tail is not None:
             self.patch_tail, self.context, self.conditions = map(pick, (self.patch_tail, self.context, self.conditions))
+
+
+def _transposed(weight: Tensor) -> Tensor:
+    """A Linear's (out, in) weight as a contiguous (in, out) copy, for `torch.mm(rows, weight)`."""
+    return weight.detach().t().contiguous()
+
+
+_SQRT_HALF = 0.7071067811865476
+
+
+def _state_weights(arc) -> Tensor:
+    """(D, H * (dk+dv) + H * (2dk+dv)): the read role's k|v and the write role's q|k|v projections of a
+    one-pass ARC side by side, laid out so that a (rows, D) product views as (rows, H, widths)."""
+    H = arc.n_heads
+    parts = [arc.proj_in[role].weight.detach().t().reshape(-1, H, arc.qkv_width(role, 0)) for role in ("read", "write")]
+    return torch.cat(parts, dim=-1).reshape(parts[0].shape[0], -1).contiguous()
+
+
+class _MLPWeights:
+    """A pre-norm residual MLP's tensors: `residual(x)`, rows x (B, D) -> x + W_out gelu(W_in norm(x)), (B, D)."""
+
+    def __init__(self, norm, mlp_in, mlp_out):
+        self.norm = (norm.weight, norm.bias, norm.eps)
+        self.w_in = _transposed(mlp_in.weight)  # (D, hidden)
+        self.w_out_half = _transposed(mlp_out.weight) * 0.5  # (hidden, D): gelu's 1/2, exact in floating point
+
+    def residual(self, x: Tensor) -> Tensor:
+        u = torch.mm(F.layer_norm(x, (x.shape[-1],), *self.norm), self.w_in)
+        g = torch.mul(u, _SQRT_HALF).erf_().add_(1).mul_(u)  # 2 gelu(u): u (1 + erf(u / sqrt 2))
+        return torch.addmm(x, g, self.w_out_half)
 
 
 class _LayerWeights:
@@ -186,11 +320,10 @@ class _LayerWeights:
     def __init__(self, layer):
         arc = layer.arc
         self.norm_attn = (layer.norm_attn.weight, layer.norm_attn.bias, layer.norm_attn.eps)
-        self.norm_mlp = (layer.norm_mlp.weight, layer.norm_mlp.bias, layer.norm_mlp.eps)
-        self.proj_in = arc.proj_in["segment"].weight
+        self.proj_in = _transposed(arc.proj_in["segment"].weight)  # (D, H * (2dk + dv))
         self.passes = [weights["segment"] for weights in arc.pass_weights]
-        self.proj_out, self.scales = arc.proj_out.weight, arc.scales
-        self.mlp_in, self.mlp_out = layer.mlp_in.weight, layer.mlp_out.weight
+        self.proj_out, self.scales = _transposed(arc.proj_out.weight), arc.scales
+        self.mlp = _MLPWeights(layer.norm_mlp, layer.mlp_in, layer.mlp_out)
 
 
 def _stem_matrix(stem, dim: int, ref: Tensor) -> tuple[Tensor | None, Tensor | None]:
@@ -215,8 +348,8 @@ def _stem_matrix(stem, dim: int, ref: Tensor) -> tuple[Tensor | None, Tensor | N
 
 
 def _rotations(arc, ref: Tensor) -> list[Tensor]:
-    """Per pass, (L, dk, dk): the RoPE turn of a segment row at each position in its segment, as a
-    matrix acting on row vectors (x @ R), identity on the dims RoPE leaves alone."""
+    """Per pass, (L, 2dk, 2dk): the RoPE turn of a segment row at each position in its segment, as a
+    matrix acting on row vectors [q | k] @ R (the same turn for both), identity on the dims RoPE leaves alone."""
     tables = []
     for rope, dk in zip(arc.rope, arc.dims_key):
         angles = rope.angles(torch.arange(arc.segment_len))  # (L, rotary_dim / 2), float64
@@ -226,5 +359,7 @@ def _rotations(arc, ref: Tensor) -> list[Tensor]:
         even, odd = 2 * pairs, 2 * pairs + 1
         R[:, even, even], R[:, odd, even] = cos, -sin
         R[:, even, odd], R[:, odd, odd] = sin, cos
-        tables.append(R.to(device=ref.device, dtype=ref.dtype))
+        both = torch.zeros(arc.segment_len, 2 * dk, 2 * dk, dtype=torch.float64)
+        both[:, :dk, :dk], both[:, dk:, dk:] = R, R
+        tables.append(both.to(device=ref.device, dtype=ref.dtype))
     return tables
