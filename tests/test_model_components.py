@@ -432,3 +432,16 @@ def test_forward_rejects_bad_token_shapes():
     model = OmLLM(tiny_config())
     with pytest.raises(ValueError, match=r"\(B, T\)"):
         model(torch.zeros(5, dtype=torch.long))
+
+
+def test_rope_tables_built_during_inference_serve_training():
+    """RoPE caches its cos/sin table on first use: one built under inference_mode must not break a
+    later training step (inference tensors cannot be saved for backward)."""
+    model = tiny_model(seed=1, positional="rope")
+    tokens = torch.randint(0, model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        model(tokens)
+    model.train()
+    loss, _ = model.loss(tokens[:, :-1], tokens[:, 1:])
+    loss.backward()
+    assert all(p.grad is not None for p in model.layers[0].arc.proj_in.parameters())

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from om.model.attention import causal_allowed, causal_attention, resolve_backend
+from om.model.attention import causal_attention, causal_bias, resolve_backend
 from om.model.config import OmConfig
 from om.model.positional import CoPE, RoPEEmbeddings
 
@@ -208,20 +208,35 @@ class ARC(nn.Module):
         need the state sequentially and every segment row can be attended in one batched call."""
         return len(self.dims_key) == 1 and not len(self.cope) and self.state_len > 0
 
-    def _state_rows_projection(self) -> Tensor:
-        """(S, D, H * (dk+dv + 2dk+dv)): per state row r, the read role's k|v and the write role's
-        q|k|v projections (one pass), with the RoPE turn of the row's position folded into the weights
-        (RoPE is linear), so that projecting and turning a segment's state rows is one batched matmul."""
-        S, H, dk, dv = self.state_len, self.n_heads, self.dims_key[0], self.dims_value[0]
-        parts = []
-        for role, widths in (("read", (dk, dv)), ("write", (dk, dk, dv))):
-            weight = self.proj_in[role].weight  # (H * width, D)
-            per_row = weight.t().reshape(-1, H, 1, sum(widths)).expand(-1, H, S, -1)  # (D, H, S, width)
-            pieces = list(per_row.split(widths, dim=-1))
-            for i in range(len(widths) - 1):  # q and k turn, v does not
-                pieces[i] = self._turn(0, pieces[i], role)
-            parts += pieces
-        return torch.cat(parts, dim=-1).permute(2, 0, 1, 3).reshape(S, weight.shape[1], -1)
+    def state_projection(self) -> tuple[Tensor, Tensor | None]:
+        """What `state_rows` needs, built once per use: the read role's k|v and the write role's q|k|v
+        weights side by side, (D, H * (dk+dv + 2dk+dv)), and the RoPE turns of the read keys, write
+        queries and write keys at each state row's position, (3S, dk, dk) (None without RoPE or with
+        "unrotated" state rows)."""
+        H, S, dk = self.n_heads, self.state_len, self.dims_key[0]
+        parts = [self.proj_in[role].weight.detach().t().reshape(-1, H, self.qkv_width(role, 0)) for role in ("read", "write")]
+        weights = torch.cat(parts, dim=-1).reshape(parts[0].shape[0], -1).contiguous()
+        if not len(self.rope) or self.state_positions == "unrotated":
+            return weights, None
+        read = torch.arange(-S, 0)
+        write = read + S + self.segment_len if self.state_positions == "around" else read
+        turns = self.rope[0].matrices(torch.cat((read, write, write)))
+        return weights, turns.to(device=weights.device, dtype=weights.dtype)
+
+    def state_rows(self, read: Tensor, weights: Tensor, turns: Tensor | None) -> tuple[Tensor, ...]:
+        """A one-pass ARC's state rows: read (B, S, D), the normalised state, and `state_projection()`
+        -> (k_read, v_read, q_write, k_write, v_write), each (B, H, S, d), keys and queries turned.
+        One matmul and (with RoPE) one batched matmul: the weights read are those of two projections."""
+        B, S, H = read.shape[0], self.state_len, self.n_heads
+        dk, dv = self.dims_key[0], self.dims_value[0]
+        rows = torch.matmul(read, weights).view(B, S, H, -1)
+        k_read, v_read, q_w, k_w, v_w = rows.split((dk, dv, dk, dk, dv), dim=-1)
+        if turns is not None:
+            turned = torch.stack((k_read, q_w, k_w)).transpose(1, 2).reshape(3 * S, B * H, dk)
+            k_read, q_w, k_w = torch.bmm(turned, turns).view(3, S, B, H, dk).permute(0, 2, 3, 1, 4).unbind(0)
+        else:
+            k_read, q_w, k_w = (t.transpose(1, 2) for t in (k_read, q_w, k_w))
+        return k_read, v_read.transpose(1, 2), q_w, k_w, v_w.transpose(1, 2)
 
     def segments_batched(self, x: Tensor, read: Tensor, update: Callable[[Tensor], Tensor]) -> Tensor:
         """n whole segments x (B, n*L, D), normalised, from a segment boundary; `batchable()` only.
@@ -238,21 +253,22 @@ class ARC(nn.Module):
         seg = self.proj_in["segment"](x).view(B * n, L, H, -1).transpose(1, 2)
         q_seg, k_seg, v_seg = seg.split((dk, dk, dv), dim=-1)
         q_seg, k_seg = self._turn(0, q_seg, "segment"), self._turn(0, k_seg, "segment")
-        k_seg, v_seg = k_seg.view(B, n, H, L, dk), v_seg.view(B, n, H, L, dv)
-        weights = self._state_rows_projection()  # (S, D, H * (dk+dv + 2dk+dv))
-        write_mask = causal_allowed(S, 2 * S + L, x.device)
-        read_k, read_v = [], []
+        # Per segment, the keys and values of its [read rows; segment rows; write rows], (B, n, H, 2S+L, d):
+        # the segment rows' filled in here, the state rows' in place as the loop reaches each segment.
+        keys, values = x.new_empty(B, n, H, 2 * S + L, dk), x.new_empty(B, n, H, 2 * S + L, dv)
+        keys[:, :, :, S : S + L] = k_seg.view(B, n, H, L, dk)
+        values[:, :, :, S : S + L] = v_seg.view(B, n, H, L, dv)
+        projection = self.state_projection()
+        write_mask = causal_bias(S, 2 * S + L, x)
         for j in range(n):
-            rows = torch.bmm(read.transpose(0, 1), weights).view(S, B, H, -1).permute(1, 2, 0, 3)  # (B, H, S, width)
-            k_read, v_read, q_w, k_w, v_w = rows.split((dk, dv, dk, dk, dv), dim=-1)
-            read_k.append(k_read)
-            read_v.append(v_read)
-            keys = torch.cat((k_read, k_seg[:, j], k_w), dim=2)
-            values = torch.cat((v_read, v_seg[:, j], v_w), dim=2)
-            written = F.scaled_dot_product_attention(q_w, keys, values, attn_mask=write_mask, scale=self.scales[0])
+            k_read, v_read, q_w, k_w, v_w = self.state_rows(read, *projection)
+            k_j, v_j = keys[:, j], values[:, j]
+            k_j[:, :, :S], k_j[:, :, S + L :] = k_read, k_w
+            v_j[:, :, :S], v_j[:, :, S + L :] = v_read, v_w
+            written = F.scaled_dot_product_attention(q_w, k_j, v_j, attn_mask=write_mask, scale=self.scales[0])
             read = update(self.proj_state(written.transpose(1, 2).reshape(B, S, -1)))
-        keys = torch.cat((torch.stack(read_k, 1).flatten(0, 1), k_seg.flatten(0, 1)), dim=2)  # (B*n, H, S+L, dk)
-        values = torch.cat((torch.stack(read_v, 1).flatten(0, 1), v_seg.flatten(0, 1)), dim=2)
+        # Segment rows see their segment's read rows and the segment's past: the first S + L rows.
+        keys, values = keys[:, :, :, : S + L].flatten(0, 1), values[:, :, :, : S + L].flatten(0, 1)
         out = causal_attention(q_seg, keys, values, self.scales[0])  # (B*n, H, L, dv)
         return self.proj_out(out.transpose(1, 2).reshape(B, T, -1))
 

@@ -27,6 +27,13 @@ def causal_allowed(n_new: int, n_total: int, device: torch.device) -> Tensor:
     return cols <= rows
 
 
+def causal_bias(n_new: int, n_total: int, like: Tensor) -> Tensor:
+    """`causal_allowed` as an additive mask (0 where allowed, -inf elsewhere) in like's dtype and
+    device: SDPA on CPU converts a boolean mask to this on every call, which this does once."""
+    allowed = causal_allowed(n_new, n_total, like.device)
+    return torch.zeros(allowed.shape, dtype=like.dtype, device=like.device).masked_fill_(~allowed, float("-inf"))
+
+
 @lru_cache(maxsize=None)
 def xformers_available() -> bool:
     return importlib.util.find_spec("xformers") is not None

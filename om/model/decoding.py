@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from om.model.attention import causal_allowed
+from om.model.attention import causal_bias
 from om.model.state import OmState
 
 # The stem runs by table lookup (`IncrementalDecoder._stem_by_table`) when its table, vocabulary x
@@ -86,8 +86,8 @@ class IncrementalDecoder:
         # read and write rows, projected together once per segment (else they go through `extend`).
         self.state_rows = None
         if not self.general and len(self.dims_key) == 1:
-            self.state_rows = [_state_weights(layer.arc) for layer in model.layers] if self.state_len else []
-            self.write_mask = causal_allowed(self.state_len, 2 * self.state_len + self.segment_len, ref.device)
+            self.state_rows = [layer.arc.state_projection() for layer in model.layers] if self.state_len else []
+            self.write_mask = causal_bias(self.state_len, 2 * self.state_len + self.segment_len, ref)
             if self.state_len and self.rows:  # mid-segment: the read rows are in the cache already
                 self._project_state_rows()
         self.blocks = [] if model.patch is None else [_MLPWeights(b.norm, b.mlp_in, b.mlp_out) for b in model.patch.blocks]
@@ -187,16 +187,9 @@ class IncrementalDecoder:
         return x
 
     def _project_state_rows(self) -> None:
-        """Per layer, the read rows' k|v and the write rows' q|k|v of the state it reads now, (B, H, S, width)
-        each: one matmul of the S normalised state rows with both roles' weights, then their RoPE turns."""
-        B, H, S, dk, dv = self.batch_size, self.heads, self.state_len, self.dims_key[0], self.dims_value[0]
-        self.state_qkv = []
-        for layer, weights in zip(self.model.layers, self.state_rows):
-            read = layer._read(self.layer_states[len(self.state_qkv)])
-            rows = torch.matmul(read, weights).view(B, S, H, -1).transpose(1, 2)  # (B, H, S, (dk+dv) + (2dk+dv))
-            k_read, v_read, q_w, k_w, v_w = rows.split((dk, dv, dk, dk, dv), dim=-1)
-            turn = layer.arc._turn
-            self.state_qkv.append((turn(0, k_read, "read"), v_read, turn(0, q_w, "write"), turn(0, k_w, "write"), v_w))
+        """Per layer, the read rows' k|v and the write rows' q|k|v of the state it reads now (`ARC.state_rows`)."""
+        self.state_qkv = [layer.arc.state_rows(layer._read(state), *projection)
+                          for layer, projection, state in zip(self.model.layers, self.state_rows, self.layer_states)]
 
     def _read_state_rows(self) -> None:
         """At a segment's first row: the read rows' keys and values into buffer rows 0..S-1."""
@@ -292,14 +285,6 @@ def _transposed(weight: Tensor) -> Tensor:
 _SQRT_HALF = 0.7071067811865476
 
 
-def _state_weights(arc) -> Tensor:
-    """(D, H * (dk+dv) + H * (2dk+dv)): the read role's k|v and the write role's q|k|v projections of a
-    one-pass ARC side by side, laid out so that a (rows, D) product views as (rows, H, widths)."""
-    H = arc.n_heads
-    parts = [arc.proj_in[role].weight.detach().t().reshape(-1, H, arc.qkv_width(role, 0)) for role in ("read", "write")]
-    return torch.cat(parts, dim=-1).reshape(parts[0].shape[0], -1).contiguous()
-
-
 class _MLPWeights:
     """A pre-norm residual MLP's tensors: `residual(x)`, rows x (B, D) -> x + W_out gelu(W_in norm(x)), (B, D)."""
 
@@ -349,16 +334,10 @@ def _stem_matrix(stem, dim: int, ref: Tensor) -> tuple[Tensor | None, Tensor | N
 
 def _rotations(arc, ref: Tensor) -> list[Tensor]:
     """Per pass, (L, 2dk, 2dk): the RoPE turn of a segment row at each position in its segment, as a
-    matrix acting on row vectors [q | k] @ R (the same turn for both), identity on the dims RoPE leaves alone."""
+    matrix acting on row vectors [q | k] @ R (the same turn for both)."""
     tables = []
     for rope, dk in zip(arc.rope, arc.dims_key):
-        angles = rope.angles(torch.arange(arc.segment_len))  # (L, rotary_dim / 2), float64
-        cos, sin = angles.cos(), angles.sin()
-        R = torch.eye(dk, dtype=torch.float64).repeat(arc.segment_len, 1, 1)
-        pairs = torch.arange(rope.rotary_dim // 2)
-        even, odd = 2 * pairs, 2 * pairs + 1
-        R[:, even, even], R[:, odd, even] = cos, -sin
-        R[:, even, odd], R[:, odd, odd] = sin, cos
+        R = rope.matrices(torch.arange(arc.segment_len))
         both = torch.zeros(arc.segment_len, 2 * dk, 2 * dk, dtype=torch.float64)
         both[:, :dk, :dk], both[:, dk:, dk:] = R, R
         tables.append(both.to(device=ref.device, dtype=ref.dtype))

@@ -32,9 +32,27 @@ class RoPEEmbeddings:
         """(T,) positions -> (T, rotary_dim/2) rotation angles, in float64 so large offsets stay exact."""
         return positions.to(torch.float64)[:, None] * self.theta.to(positions.device)[None, :]
 
+    def matrices(self, positions: Tensor) -> Tensor:
+        """(T,) positions -> (T, dim, dim) float64: each position's turn as a matrix acting on row
+        vectors (`x @ R` equals `apply` on that row), identity on the dims left alone."""
+        angles = self.angles(positions)
+        cos, sin = angles.cos(), angles.sin()
+        R = torch.eye(self.dim, dtype=torch.float64).repeat(len(positions), 1, 1)
+        pairs = torch.arange(self.rotary_dim // 2)
+        even, odd = 2 * pairs, 2 * pairs + 1
+        R[:, even, even], R[:, odd, even] = cos, -sin
+        R[:, even, odd], R[:, odd, odd] = sin, cos
+        return R
+
     def apply(self, x: Tensor, positions: Tensor) -> Tensor:
-        ang = self.angles(positions.to(x.device))
-        return self._rotate(x, ang.cos().to(x.dtype), ang.sin().to(x.dtype))
+        return self._rotate(x, *self._pairwise(self.angles(positions.to(x.device)), x.dtype))
+
+    @staticmethod
+    def _pairwise(angles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(T, rotary_dim/2) angles -> (T, rotary_dim) cos and signed sin, one per rotated dim:
+        pair (x1, x2) turns into (x1 cos - x2 sin, x2 cos + x1 sin) = x * cos + swapped(x) * sin."""
+        cos, sin = angles.cos(), angles.sin()
+        return cos.repeat_interleave(2, dim=-1).to(dtype), torch.stack((-sin, sin), dim=-1).flatten(-2).to(dtype)
 
     def apply_span(self, x: Tensor, start: int) -> Tensor:
         """`apply` for the contiguous positions start..start+T-1, sliced from one cached cos/sin table.
@@ -48,15 +66,18 @@ class RoPEEmbeddings:
         table = self._tables.get(key)
         if table is None or start < table[0] or end > table[0] + table[1].shape[0]:
             self._lo, self._hi = min(self._lo, start), max(self._hi, end)
-            ang = self.angles(torch.arange(self._lo, self._hi, device=x.device))
-            table = self._tables[key] = (self._lo, ang.cos().to(x.dtype), ang.sin().to(x.dtype))
+            with torch.inference_mode(False):  # a table built during inference must serve training later too
+                ang = self.angles(torch.arange(self._lo, self._hi, device=x.device))
+                table = self._tables[key] = (self._lo, *self._pairwise(ang, x.dtype))
         lo, cos, sin = table
         return self._rotate(x, cos[start - lo : end - lo], sin[start - lo : end - lo])
 
     def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        # Contiguous elementwise passes (rather than products of the strided halves x[0::2], x[1::2]);
+        # the same numbers bit for bit, as a + (-b) is a - b and addition commutes.
         rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
-        x1, x2 = rot[..., 0::2], rot[..., 1::2]
-        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+        swapped = rot.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x2, x1) in each pair
+        out = rot * cos + swapped * sin
         return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
 
     __call__ = apply
