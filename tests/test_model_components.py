@@ -445,3 +445,22 @@ def test_rope_tables_built_during_inference_serve_training():
     loss, _ = model.loss(tokens[:, :-1], tokens[:, 1:])
     loss.backward()
     assert all(p.grad is not None for p in model.layers[0].arc.proj_in.parameters())
+
+
+@pytest.mark.parametrize("groups", [1, 4, 32])
+def test_stem_equals_the_sum_of_its_convolutions(groups):
+    """The stem runs as one convolution of the widest width (per-lag products): it must equal
+    x + sum_k Conv1d_k over the input with the tail prepended, for dense, grouped and depthwise
+    stems, and its gradients must reach every convolution's weights."""
+    from om.model.stem import CausalConvStem
+
+    torch.manual_seed(0)
+    stem = CausalConvStem(32, [2, 3, 5], groups)
+    x, tail = torch.randn(3, 11, 32, requires_grad=True), torch.randn(3, 4, 32)
+    y, next_tail = stem(x, tail)
+    padded = torch.cat((tail, x), dim=1).transpose(1, 2)
+    expected = x + sum(conv(padded[:, :, 5 - k :]).transpose(1, 2) for k, conv in zip(stem.kernels, stem.convs))
+    assert (y - expected).abs().max().item() < 1e-5
+    assert torch.equal(next_tail, torch.cat((tail, x), dim=1)[:, -4:])
+    y.square().sum().backward()
+    assert all(conv.weight.grad.abs().sum() > 0 and conv.bias.grad.abs().sum() > 0 for conv in stem.convs)

@@ -73,7 +73,7 @@ class IncrementalDecoder:
                     self.keys[i][p][:, :, : self.rows].copy_(k)
                     self.values[i][p][:, :, : self.rows].copy_(v)
         self.stem_tail = state.stem_tail
-        self.stem_weight, self.stem_bias = _stem_matrix(model.stem, c.dim, ref)
+        self.stem_weight, self.stem_bias = _stem_matrix(model.stem)
         self.stem_table = None
         if self.stem_weight is not None and ref.numel() * max(model.stem.kernels) * ref.element_size() <= STEM_TABLE_BYTES:
             self._stem_by_table(model.embed.weight)
@@ -311,25 +311,13 @@ class _LayerWeights:
         self.mlp = _MLPWeights(layer.norm_mlp, layer.mlp_in, layer.mlp_out)
 
 
-def _stem_matrix(stem, dim: int, ref: Tensor) -> tuple[Tensor | None, Tensor | None]:
-    """The stem's convolutions as one (max(k) * D, D) matrix over the window of the last max(k)
-    inputs (oldest first), and the sum of their biases (D,); (None, None) without a stem."""
+def _stem_matrix(stem) -> tuple[Tensor | None, Tensor | None]:
+    """The stem as one (max(k) * D, D) matrix over the window of the last max(k) inputs (oldest
+    first), and its bias (D,); (None, None) without a stem."""
     if not stem.kernels:
         return None, None
-    K = max(stem.kernels)
-    weight = ref.new_zeros(K, dim, dim)  # [window row, input channel, output channel]
-    bias = ref.new_zeros(dim)
-    for k, conv in zip(stem.kernels, stem.convs):
-        w = conv.weight.detach()  # (D_out, D_in / groups, k)
-        groups = conv.groups
-        per = dim // groups
-        for j in range(k):
-            block = torch.zeros(dim, dim, dtype=w.dtype, device=w.device)  # (D_out, D_in)
-            for g in range(groups):
-                block[g * per : (g + 1) * per, g * per : (g + 1) * per] = w[g * per : (g + 1) * per, :, j]
-            weight[K - k + j] += block.t()
-        bias += conv.bias.detach()
-    return weight.reshape(K * dim, dim), bias
+    weight, bias = stem.lag_weights()  # [j]: the input j positions back
+    return weight.detach().flip(0).reshape(-1, weight.shape[-1]).contiguous(), bias.detach()
 
 
 def _rotations(arc, ref: Tensor) -> list[Tensor]:
