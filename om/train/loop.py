@@ -188,11 +188,11 @@ class Trainer:
         self.model.activation_checkpointing = t.activation_checkpointing
         model = self.dist.wrap(self.model, self.lengths.shortest)
         self.step_model = torch.compile(model) if t.compile else model
-        if t.compile and self.device.type == "cpu" and torch.get_num_threads() > 1:
+        if t.compile and self.device.type == "cpu":
             self.notes.append(
-                f"train.compile on CPU with {torch.get_num_threads()} threads: inductor's compiled training step has "
-                "crashed with heap corruption here (torch 2.13; BENCHMARKS.md \"torch.compile on CPU\"), and with one "
-                "thread it ran slower than eager with two; train.compile: false is the faster choice on CPU"
+                "train.compile on CPU: inductor's training step measured no faster than eager (1.01x on 2 cores, "
+                "after a compilation of several seconds; BENCHMARKS.md \"torch.compile on CPU\"); train.compile: false "
+                "starts sooner at the same speed"
             )
 
         self.dist.barrier()  # every rank has read the run folder (resume) before rank 0 writes to it
