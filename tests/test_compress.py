@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from om.compress import MAGIC
-
 from tests.test_eval_support import chars_codec, one_thread, run_cli, save_tiny_checkpoint  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

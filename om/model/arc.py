@@ -213,7 +213,7 @@ class ARC(nn.Module):
         weights side by side, (D, H * (dk+dv + 2dk+dv)), and the RoPE turns of the read keys, write
         queries and write keys at each state row's position, (3S, dk, dk) (None without RoPE or with
         "unrotated" state rows)."""
-        H, S, dk = self.n_heads, self.state_len, self.dims_key[0]
+        H, S = self.n_heads, self.state_len
         parts = [self.proj_in[role].weight.detach().t().reshape(-1, H, self.qkv_width(role, 0)) for role in ("read", "write")]
         weights = torch.cat(parts, dim=-1).reshape(parts[0].shape[0], -1).contiguous()
         if not len(self.rope) or self.state_positions == "unrotated":

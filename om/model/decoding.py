@@ -108,7 +108,7 @@ class IncrementalDecoder:
         output j tokens later (row 0 also holds its embedding and the biases), so one step adds K
         rows instead of a (K * D, D) matmul. `stem_ahead` (B, K - 1, D): what the tokens already
         read add to the next K - 1 outputs; `recent`: the last K - 1 token ids, for `state()`."""
-        B, K, D = self.batch_size, self.stem_tail.shape[1] + 1, embed.shape[1]
+        K, D = self.stem_tail.shape[1] + 1, embed.shape[1]
         by_lag = self.stem_weight.view(K, D, D).flip(0)  # [j]: the weight of the input j tokens back
         table = torch.einsum("vd,jde->vje", embed, by_lag)
         table[:, 0] += embed + self.stem_bias
