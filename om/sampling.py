@@ -82,6 +82,11 @@ def next_token(logits: torch.Tensor, options: SamplingOptions, generator: torch.
 def next_tokens(logits: torch.Tensor, options: SamplingOptions, generators: list) -> list[int]:
     """Pick one id per row from float32 logits (R, V) (disallowed ids at -inf), row r drawing from
     generators[r]: the ids `torch.multinomial` would draw row by row, in a few ops for all rows."""
+    return draw(logits, options, lambda vocab: _exponential(len(generators), vocab, generators, 1)[:, 0])
+
+
+def draw(logits: torch.Tensor, options: SamplingOptions, noise) -> list[int]:
+    """`next_tokens` with its Exp(1) noise from `noise(V)` -> (R, V), called only if the draw is random."""
     if options.temperature < GREEDY_BELOW:  # dividing by a tiny temperature would overflow to inf
         return torch.argmax(logits, dim=-1).tolist()
     if options.temperature != 1.0:
@@ -97,10 +102,41 @@ def next_tokens(logits: torch.Tensor, options: SamplingOptions, generators: list
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     # torch.multinomial(p, 1) is argmax(p / E) with E ~ Exp(1) drawn from its generator, so drawing
     # each row's E from that row's generator gives the same ids without its per-call checks.
-    noise = torch.empty_like(probs)
+    return torch.argmax(probs.div_(noise(probs.shape[-1])), dim=-1).tolist()
+
+
+def _exponential(rows: int, vocab: int, generators: list, steps: int) -> torch.Tensor:
+    """(rows, steps, vocab) Exp(1) noise, row r from generators[r]."""
+    noise = torch.empty(rows, steps, vocab)
     for row, g in zip(noise, generators):
         row.exponential_(1, generator=g)
-    return torch.argmax(probs.div_(noise), dim=-1).tolist()
+    return noise
+
+
+class NoiseRows:
+    """Each row's Exp(1) noise for `draw`, from its own generator, drawn `steps` draws ahead.
+
+    A CPU generator's (steps, V) draw is the same numbers as `steps` draws of (V,) one after
+    another (tests/test_sample_generation.py checks it), so the ids are those of one draw per step,
+    for one `exponential_` call per row every `steps` steps instead of every step.
+    `next(vocab)` -> (R, vocab); `select(rows)` keeps the given rows (their unused noise with them).
+    """
+
+    def __init__(self, generators: list, steps: int = 64):
+        self.generators, self.steps = list(generators), steps
+        self.block: torch.Tensor | None = None
+        self.used = steps
+
+    def next(self, vocab: int) -> torch.Tensor:
+        if self.used == self.steps:
+            self.block, self.used = _exponential(len(self.generators), vocab, self.generators, self.steps), 0
+        self.used += 1
+        return self.block[:, self.used - 1]
+
+    def select(self, rows: list[int]) -> None:
+        self.generators = [self.generators[r] for r in rows]
+        if self.block is not None:
+            self.block = self.block[rows]
 
 
 class TokenDecoder:
@@ -205,7 +241,7 @@ def generate_ids(
     generation of a fixed length). The model runs only when the next id is requested.
     """
     seed = options.seed if options.seed is not None else random_seed()
-    generator = torch.Generator().manual_seed(seed)
+    noise = NoiseRows([torch.Generator().manual_seed(seed)])
     banned_mask = _banned(codec, model.config.vocab_size, end_at_separator)
     sep, device = int(codec.doc_sep_id), next(model.parameters()).device
     was_training = model.training
@@ -218,7 +254,7 @@ def generate_ids(
         last = logits[0, -1].masked_fill(banned_mask.to(logits.device), float("-inf"))
         fed = torch.zeros(1, dtype=torch.long, device=device)
         while True:
-            token = next_token(last.float().cpu(), options, generator)
+            token = draw(last.float().cpu()[None], options, noise.next)[0]
             if token == sep:
                 return
             yield token
@@ -340,7 +376,8 @@ def generate_many(
     prompt_ids = encode_prompt(codec, bytes(prompt), errors)
     base = options.seed if options.seed is not None else random_seed()
     seeds = [(base + i) % (MAX_SEED + 1) for i in range(num_samples)]
-    rows = [_Row(codec, torch.Generator().manual_seed(s), options) for s in seeds]
+    rows = [_Row(codec, options) for _ in seeds]
+    noise = NoiseRows([torch.Generator().manual_seed(s) for s in seeds])
     banned_mask = _banned(codec, model.config.vocab_size, end_at_separator)
     sep, device = int(codec.doc_sep_id), next(model.parameters()).device
     was_training = model.training
@@ -352,12 +389,13 @@ def generate_many(
             decoder = IncrementalDecoder(model, state.select([0] * len(live)), banned=banned_mask)
             last = logits[:, -1].masked_fill(banned_mask.to(logits.device), float("-inf")).expand(len(live), -1)
             while live:
-                tokens = next_tokens(last.float().cpu(), options, [rows[i].generator for i in live])
+                tokens = draw(last.float().cpu(), options, noise.next)
                 going = [r for r, (i, t) in enumerate(zip(live, tokens)) if t != sep and rows[i].take(t)]
                 if not going:
                     break
                 if len(going) < len(live):
                     decoder.select(going)
+                    noise.select(going)
                 live, tokens = [live[r] for r in going], [tokens[r] for r in going]
                 last = decoder.step(torch.tensor(tokens, device=device))
     finally:
@@ -368,8 +406,8 @@ def generate_many(
 class _Row:
     """One sample's generated ids, and whether its output is decided (so it needs no more)."""
 
-    def __init__(self, codec, generator: torch.Generator, options: SamplingOptions):
-        self.generator, self.options = generator, options
+    def __init__(self, codec, options: SamplingOptions):
+        self.options = options
         self.ids: list[int] = []
         self.decoder, self.tail, self.produced = TokenDecoder(codec), b"", 0
 

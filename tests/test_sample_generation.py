@@ -197,3 +197,24 @@ def test_next_tokens_draws_what_multinomial_draws(temperature, top_k, top_p):
             expected.append(int(torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(100 * round_ + r))))
         assert batched == expected
     assert len(set(batched)) > 1
+
+
+@pytest.mark.parametrize("vocab", [257, 320, 4160])
+def test_noise_rows_are_one_draw_per_step(vocab):
+    """NoiseRows draws many steps at once: the numbers must be each row's generator drawn one step at
+    a time (the property that keeps --num-samples and seeded runs the same bytes), also across a
+    block boundary and after rows leave."""
+    from om.sampling import NoiseRows
+
+    seeds = [3, 11, 12]
+    noise = NoiseRows([torch.Generator().manual_seed(s) for s in seeds], steps=5)
+    singles = [torch.Generator().manual_seed(s) for s in seeds]
+    live = [0, 1, 2]
+    for step in range(13):
+        if step == 7:
+            live = [0, 2]
+            noise.select([0, 2])
+        got = noise.next(vocab)
+        assert got.shape == (len(live), vocab)
+        for row, r in enumerate(live):
+            assert torch.equal(got[row], torch.empty(vocab).exponential_(1, generator=singles[r]))

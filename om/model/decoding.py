@@ -240,7 +240,10 @@ class IncrementalDecoder:
         h = F.layer_norm(x, (D,), *w.norm_attn)
         z = None
         for p, dk in enumerate(self.dims_key):
-            qkv = torch.mm(h, w.proj_in).view(B, H, 1, -1) if p == 0 else z @ w.passes[p - 1]
+            if p == 0:
+                qkv = torch.mm(h, w.proj_in).view(B, H, 1, -1)
+            else:  # heads as the batch of one bmm: `z @ weights` would copy the (H, d, d') weights B times
+                qkv = torch.bmm(z.view(B, H, -1).transpose(0, 1), w.passes[p - 1]).transpose(0, 1).contiguous().view(B, H, 1, -1)
             if self.rotations is None:
                 qk = qkv[..., : 2 * dk].view(B, H, 2, dk)  # this row's query and key
             else:  # both turned by one (2dk, 2dk) matrix, read in place (BLAS takes the row stride)
