@@ -16,6 +16,8 @@ EXTRA = {
     "patched-4-gated": dict(patch_size=4, state_update="gated", stem_groups=4),
     "patched-3-per-phase": dict(patch_size=3, decoder_context="per_phase", decoder_layers=2),
     "patched-2-wide-trunk": dict(patch_size=2, trunk_dim=48, dims_key=[8], dims_value=[8]),
+    "patched-4-lean-decoder": dict(patch_size=4, stem_kernels=[4], decoder_layers=3, decoder_mlp_ratio=0.5,
+                                   dims_key=[8], dims_value=[8]),
     "one-wide-stem": dict(stem_kernels=[1], dims_key=[8], dims_value=[8]),
 }
 ALL = {**CONFIGS, **EXTRA}

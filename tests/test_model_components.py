@@ -326,6 +326,7 @@ def test_cope_changes_the_logits():
         {"patch_size": 2, "decoder_layers": 2, "stem_groups": 4},
         {"patch_size": 3, "decoder_context": "per_phase"},
         {"patch_size": 2, "trunk_dim": 48},
+        {"patch_size": 2, "decoder_layers": 2, "decoder_mlp_ratio": 0.5},
     ],
 )
 def test_every_weight_gets_a_gradient(overrides):
@@ -385,6 +386,7 @@ def test_checkpoints_of_the_old_layout_still_load(overrides):
         {"patch_size": 3, "decoder_context": "per_phase"},
         {"patch_size": 2, "trunk_dim": 48, "decoder_context": "per_phase", "state_update": "gated"},
         {"patch_size": 2, "decoder_layers": 0, "state_len": 0},
+        {"patch_size": 4, "decoder_layers": 3, "decoder_mlp_ratio": 0.5},
     ],
 )
 def test_parameter_count_matches_the_built_model(overrides):
@@ -421,6 +423,8 @@ def test_config_round_trips_through_json():
         (dict(stem_groups=3), "stem_groups"),
         (dict(patch_size=0), "patch_size"),
         (dict(trunk_dim=64), "trunk_dim"),
+        (dict(decoder_mlp_ratio=1.0), "decoder_mlp_ratio"),
+        (dict(patch_size=2, decoder_mlp_ratio=0), "decoder_mlp_ratio"),
     ],
 )
 def test_config_rejects_bad_values_naming_them(bad, message):

@@ -48,6 +48,9 @@ class OmConfig(BaseModel):
                             "patch of P tokens and a local decoder predicts each token (see om/model/patching.py); "
                             "segment_len and state_len then count patches")
     decoder_layers: int = Field(1, ge=0, description="residual MLP blocks of the local decoder (patch_size > 1 only)")
+    decoder_mlp_ratio: float | None = Field(
+        None, gt=0, description="hidden width of the local decoder's MLP blocks as a multiple of dim (default: "
+        "mlp_ratio). They run once per token, so they set most of a patched model's cost per byte")
     trunk_dim: int | None = Field(
         None, ge=1, description="width of the ARC layers of a patched model (default: dim). The layers run once per "
         "patch, so a trunk wider than the byte-level parts (embedding, stem, decoder, head) costs 1/P as much per "
@@ -85,6 +88,8 @@ class OmConfig(BaseModel):
             raise ValueError(f"stem_kernels must be >= 1, got {self.stem_kernels}")
         if self.trunk_dim is not None and self.patch_size == 1:
             raise ValueError("trunk_dim needs patch_size > 1 (unpatched, the layers have width dim)")
+        if self.decoder_mlp_ratio is not None and self.patch_size == 1:
+            raise ValueError("decoder_mlp_ratio needs patch_size > 1 (unpatched, there is no local decoder)")
         if self.dim % self.stem_groups:
             raise ValueError(f"stem_groups {self.stem_groups} does not divide dim {self.dim}")
         return self
@@ -102,6 +107,11 @@ class OmConfig(BaseModel):
     @property
     def mlp_hidden(self) -> int:
         return max(1, int(round(self.dim * self.mlp_ratio)))
+
+    @property
+    def decoder_hidden(self) -> int:
+        """Hidden width of the local decoder's MLP blocks (patched models)."""
+        return max(1, int(round(self.dim * (self.decoder_mlp_ratio or self.mlp_ratio))))
 
     @property
     def layer_dim(self) -> int:

@@ -72,8 +72,8 @@ class _MLPBlock(nn.Module):
     def __init__(self, c: OmConfig):
         super().__init__()
         self.norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
-        self.mlp_in = nn.Linear(c.dim, c.mlp_hidden, bias=False)
-        self.mlp_out = nn.Linear(c.mlp_hidden, c.dim, bias=False)
+        self.mlp_in = nn.Linear(c.dim, c.decoder_hidden, bias=False)
+        self.mlp_out = nn.Linear(c.decoder_hidden, c.dim, bias=False)
         self.dropout = nn.Dropout(c.dropout)
 
     def forward(self, h: Tensor) -> Tensor:
