@@ -279,7 +279,7 @@ def main() -> None:
                          "train": variant.get("train", {}), "measured": _now()}
         results_file.write_text(json.dumps(results, indent=2))
     if "plain" in wanted:
-        results["plain-transformer"] = train_plain(prepared("bytes", None, train_txt), args.minutes, val_txt)
+        results["plain-transformer"] = {**train_plain(prepared("bytes", None, train_txt), args.minutes, val_txt), "measured": _now()}
         results_file.write_text(json.dumps(results, indent=2))
     if "compressors" in wanted:
         for name, bpb in bits_per_byte(val_txt).items():
