@@ -60,6 +60,13 @@ def om_variants(base: dict) -> dict[str, dict]:
                                                                            "decoder_layers": 3, "trunk_dim": 2 * base["dim"]},
         "Om patched P=8, dense stem [8], 3 decoder blocks": {**base, "patch_size": 8, "stem_kernels": [8], "decoder_layers": 3,
                                                              "segment_len": max(1, base["segment_len"] // 2)},
+        # bench/quality.py's lean decoders (om-bytes-patched-8-lean-2x2, -lean): the decoder's MLP blocks narrowed.
+        "Om patched P=8, dense stem [8], 2 decoder blocks of 2 x dim": {**base, "patch_size": 8, "stem_kernels": [8],
+                                                                        "decoder_layers": 2, "decoder_mlp_ratio": 2.0,
+                                                                        "segment_len": max(1, base["segment_len"] // 2)},
+        "Om patched P=8, dense stem [8], 3 decoder blocks of 1 x dim": {**base, "patch_size": 8, "stem_kernels": [8],
+                                                                        "decoder_layers": 3, "decoder_mlp_ratio": 1.0,
+                                                                        "segment_len": max(1, base["segment_len"] // 2)},
         "Om, stem [4]": {**base, "stem_kernels": [4]},
     }
 
