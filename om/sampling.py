@@ -82,7 +82,7 @@ def next_token(logits: torch.Tensor, options: SamplingOptions, generator: torch.
 def next_tokens(logits: torch.Tensor, options: SamplingOptions, generators: list) -> list[int]:
     """Pick one id per row from float32 logits (R, V) (disallowed ids at -inf), row r drawing from
     generators[r]: the ids `torch.multinomial` would draw row by row, in a few ops for all rows."""
-    return draw(logits, options, lambda vocab: _exponential(len(generators), vocab, generators, 1)[:, 0])
+    return draw(logits, options, NoiseRows(generators, steps=1).next)
 
 
 def draw(logits: torch.Tensor, options: SamplingOptions, noise) -> list[int]:
@@ -105,14 +105,6 @@ def draw(logits: torch.Tensor, options: SamplingOptions, noise) -> list[int]:
     return torch.argmax(probs.div_(noise(probs.shape[-1])), dim=-1).tolist()
 
 
-def _exponential(rows: int, vocab: int, generators: list, steps: int) -> torch.Tensor:
-    """(rows, steps, vocab) Exp(1) noise, row r from generators[r]."""
-    noise = torch.empty(rows, steps, vocab)
-    for row, g in zip(noise, generators):
-        row.exponential_(1, generator=g)
-    return noise
-
-
 class NoiseRows:
     """Each row's Exp(1) noise for `draw`, from its own generator, drawn `steps` draws ahead.
 
@@ -129,7 +121,9 @@ class NoiseRows:
 
     def next(self, vocab: int) -> torch.Tensor:
         if self.used == self.steps:
-            self.block, self.used = _exponential(len(self.generators), vocab, self.generators, self.steps), 0
+            self.block, self.used = torch.empty(len(self.generators), self.steps, vocab), 0
+            for row, g in zip(self.block, self.generators):
+                row.exponential_(1, generator=g)
         self.used += 1
         return self.block[:, self.used - 1]
 
