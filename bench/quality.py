@@ -110,6 +110,12 @@ VARIANTS = {
     "om-bytes-patched-8-lean-2x2": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
                                                               "decoder_layers": 2, "decoder_mlp_ratio": 2.0, "dropout": 0.1},
                                         train={"segments_per_sample": 2}),
+    # ... and the 2x2 decoder with a trunk twice as wide (4x its weights, 1/8 of their cost per byte):
+    # whether trunk capacity makes up for the narrower decoder.
+    "om-bytes-patched-8-lean-2x2-wide-trunk": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
+                                                                         "decoder_layers": 2, "decoder_mlp_ratio": 2.0, "dropout": 0.1,
+                                                                         "trunk_dim": 256, "dims_key": [64], "dims_value": [64]},
+                                                   train={"segments_per_sample": 2}),
     # P=8 spending on the trunk, which runs once per 8 bytes (a layer there costs 1/8 of one at
     # byte level): 4 layers instead of 2, or layers twice as wide (trunk_dim 256).
     "om-bytes-patched-8-deep": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
