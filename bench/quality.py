@@ -103,7 +103,7 @@ VARIANTS = {
                                             train={"segments_per_sample": 2}),
     # P=8 with a lean local decoder: its MLP blocks, which run once per byte, set most of the cost
     # per byte of the rows above (3 blocks of 4 x 128 hidden: 393k of about 620k multiply-adds per
-    # byte). 3 blocks of 128 hidden, or 2 of 256, train at about 2.4x the bytes/s of unpatched Om.
+    # byte). 3 blocks of 128 hidden, or 2 of 256, read about 2x the bytes of unpatched Om in the same time.
     "om-bytes-patched-8-lean": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
                                                           "decoder_layers": 3, "decoder_mlp_ratio": 1.0, "dropout": 0.1},
                                     train={"segments_per_sample": 2}),

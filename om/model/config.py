@@ -106,12 +106,15 @@ class OmConfig(BaseModel):
 
     @property
     def mlp_hidden(self) -> int:
-        return max(1, int(round(self.dim * self.mlp_ratio)))
+        return self._width(self.mlp_ratio)
 
     @property
     def decoder_hidden(self) -> int:
         """Hidden width of the local decoder's MLP blocks (patched models)."""
-        return max(1, int(round(self.dim * (self.decoder_mlp_ratio or self.mlp_ratio))))
+        return self._width(self.decoder_mlp_ratio or self.mlp_ratio)
+
+    def _width(self, ratio: float) -> int:
+        return max(1, int(round(self.dim * ratio)))
 
     @property
     def layer_dim(self) -> int:
