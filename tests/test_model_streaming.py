@@ -30,6 +30,7 @@ CONFIGS = {
     "one-pass-aligned-gated": dict(dims_key=[8], dims_value=[8], state_positions="aligned", state_update="gated"),
     "one-pass-unrotated-residual": dict(dims_key=[8], dims_value=[8], state_positions="unrotated", state_update="residual"),
     "one-pass-patched-2": dict(dims_key=[8], dims_value=[8], patch_size=2),
+    "one-pass-partial-rope": dict(dims_key=[8], dims_value=[6], rope_fraction=0.5),
 }
 MODELS = {name: tiny_model(seed=i, **cfg) for i, (name, cfg) in enumerate(CONFIGS.items())}
 
@@ -118,9 +119,17 @@ def test_a_patched_trunk_runs_once_per_patch_when_fed_one_token_at_a_time(monkey
     assert rows == [1] * 7  # one trunk row per completed patch, none for the tokens in between
 
 
-@pytest.mark.parametrize("name", ["rope", "cope", "one-pass", "one-pass-aligned-gated", "no-memory", "one-pass-patched-2"])
-def test_layer_major_equals_segment_by_segment(name):
-    """Whole segments at inference, layer by layer (the default) or segment by segment: the same logits and state."""
+@pytest.mark.parametrize("name", ["rope", "cope", "one-pass", "one-pass-aligned-gated", "one-pass-unrotated-residual",
+                                  "one-pass-partial-rope", "no-memory", "one-pass-patched-2"])
+@pytest.mark.parametrize("paths", ["default", "rope-elementwise-mlp-blocks-two-threads"])
+def test_layer_major_equals_segment_by_segment(name, paths, monkeypatch):
+    """Whole segments at inference, layer by layer (the default) or segment by segment: the same logits and state.
+    The second set of paths turns the segment rows elementwise (RoPE not folded into weights), runs
+    the MLP in blocks of 5 rows (the last one partial) and the state loop on every thread."""
+    if paths != "default":
+        monkeypatch.setattr("om.model.arc.FOLDED_ROPE_BYTES", 0)
+        monkeypatch.setattr("om.model.arc.MLP_BLOCK_ROWS", 5)
+        monkeypatch.setattr("om.model.arc.SEQUENTIAL_ONE_THREAD_SIZE", 0)
     model = MODELS[name]
     tokens = torch.randint(0, model.config.vocab_size, (2, 7 * model.config.segment_tokens + 3),
                            generator=torch.Generator().manual_seed(9))

@@ -16,6 +16,15 @@ from om.model.positional import CoPE, RoPEEmbeddings
 
 ROLES = ("read", "segment", "write")
 
+# `ARC.segment_projection` folds RoPE into per-position weights up to this size (bytes; the
+# headline model's take 4 MiB), beyond which the segment rows turn elementwise.
+FOLDED_ROPE_BYTES = 32 * 2**20
+# `ARC.segments_batched` runs its sequential loop on one thread when B * S * D is at most this.
+SEQUENTIAL_ONE_THREAD_SIZE = 64 * 1024
+# `ARCformer.segments` runs the MLP over this many rows at a time (measured: 1024 rows of the
+# headline model took 20% less time than 8192 at once, whose activations spill out of cache).
+MLP_BLOCK_ROWS = 1024
+
 # Per-pass keys and values of the rows of the current, unfinished segment: one (k, v) per pass,
 # k (B, H, c, dims_key[p]) after RoPE, v (B, H, c, dims_value[p]). None at a segment boundary.
 SegmentCache = tuple[tuple[Tensor, Tensor], ...]
@@ -208,35 +217,54 @@ class ARC(nn.Module):
         need the state sequentially and every segment row can be attended in one batched call."""
         return len(self.dims_key) == 1 and not len(self.cope) and self.state_len > 0
 
-    def state_projection(self) -> tuple[Tensor, Tensor | None]:
-        """What `state_rows` needs, built once per use: the read role's k|v and the write role's q|k|v
-        weights side by side, (D, H * (dk+dv + 2dk+dv)), and the RoPE turns of the read keys, write
-        queries and write keys at each state row's position, (3S, dk, dk) (None without RoPE or with
+    def state_projection(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """What `state_rows` needs, built once per use. The read role's k|v and the write role's q|k|v
+        weights, regrouped so that one matmul gives the rows RoPE turns and another the values:
+        turned (D, 3 * H * dk), columns [k_read | q_write | k_write] each (H, dk); values
+        (D, 2 * H * dv), columns [v_read | v_write] each (H, dv); and each state row's RoPE turns
+        (3S, dk, dk), [s * 3 + role] for those three roles of row s (None without RoPE or with
         "unrotated" state rows)."""
-        H, S = self.n_heads, self.state_len
-        parts = [self.proj_in[role].weight.detach().t().reshape(-1, H, self.qkv_width(role, 0)) for role in ("read", "write")]
-        weights = torch.cat(parts, dim=-1).reshape(parts[0].shape[0], -1).contiguous()
+        H, S, dk = self.n_heads, self.state_len, self.dims_key[0]
+        read, write = (self.proj_in[role].weight.detach().t().reshape(-1, H, self.qkv_width(role, 0)) for role in ("read", "write"))
+        turned = torch.stack((read[..., :dk], write[..., :dk], write[..., dk : 2 * dk]), dim=1).flatten(1).contiguous()
+        values = torch.stack((read[..., dk:], write[..., 2 * dk :]), dim=1).flatten(1).contiguous()
         if not len(self.rope) or self.state_positions == "unrotated":
-            return weights, None
-        read = torch.arange(-S, 0)
-        write = read + S + self.segment_len if self.state_positions == "around" else read
-        turns = self.rope[0].matrices(torch.cat((read, write, write)))
-        return weights, turns.to(device=weights.device, dtype=weights.dtype)
+            return turned, values, None
+        read_at = torch.arange(-S, 0)
+        write_at = read_at + S + self.segment_len if self.state_positions == "around" else read_at
+        turns = self.rope[0].matrices(torch.stack((read_at, write_at, write_at), dim=1).flatten())
+        return turned, values, turns.to(device=turned.device, dtype=turned.dtype)
 
-    def state_rows(self, read: Tensor, weights: Tensor, turns: Tensor | None) -> tuple[Tensor, ...]:
+    def state_rows(self, read: Tensor, turned: Tensor, values: Tensor, turns: Tensor | None) -> tuple[Tensor, ...]:
         """A one-pass ARC's state rows: read (B, S, D), the normalised state, and `state_projection()`
-        -> (k_read, v_read, q_write, k_write, v_write), each (B, H, S, d), keys and queries turned.
-        One matmul and (with RoPE) one batched matmul: the weights read are those of two projections."""
+        -> (k_read, v_read, q_write, k_write, v_write), each (B, H, S, d) (views), keys and queries
+        turned. Two matmuls and (with RoPE) one batched matmul, which turns every row by its own
+        matrix: together the weights of two projections are read, in a few ops (this runs once per
+        segment and layer, sequentially, so op count sets its speed)."""
         B, S, H = read.shape[0], self.state_len, self.n_heads
         dk, dv = self.dims_key[0], self.dims_value[0]
-        rows = torch.matmul(read, weights).view(B, S, H, -1)
-        k_read, v_read, q_w, k_w, v_w = rows.split((dk, dv, dk, dk, dv), dim=-1)
+        qk = torch.matmul(read, turned).view(B, 3 * S, H, dk)
         if turns is not None:
-            turned = torch.stack((k_read, q_w, k_w)).transpose(1, 2).reshape(3 * S, B * H, dk)
-            k_read, q_w, k_w = torch.bmm(turned, turns).view(3, S, B, H, dk).permute(0, 2, 3, 1, 4).unbind(0)
-        else:
-            k_read, q_w, k_w = (t.transpose(1, 2) for t in (k_read, q_w, k_w))
-        return k_read, v_read.transpose(1, 2), q_w, k_w, v_w.transpose(1, 2)
+            qk = torch.matmul(qk, turns)  # (B, 3S, H, dk) @ (3S, dk, dk): row s, role r by turns[3s + r]
+        qk = qk.view(B, S, 3, H, dk).transpose(1, 3)  # (B, H, 3, S, dk)
+        v = torch.matmul(read, values).view(B, S, 2, H, dv).transpose(1, 3)
+        return qk[:, :, 0], v[:, :, 0], qk[:, :, 1], qk[:, :, 2], v[:, :, 1]
+
+    def segment_projection(self) -> tuple[Tensor, Tensor] | None:
+        """For `segments_batched`: the segment rows' q|k weights with each position's RoPE turn folded
+        in, (L, D, H * 2dk) ([h][q | k] columns), and their v weights (D, H * dv); None without RoPE
+        or when the folded weights would take over `FOLDED_ROPE_BYTES` (then RoPE runs elementwise)."""
+        if not len(self.rope):
+            return None
+        weight = self.proj_in["segment"].weight.detach()
+        H, L, D = self.n_heads, self.segment_len, weight.shape[1]
+        dk = self.dims_key[0]
+        if L * D * H * 2 * dk * weight.element_size() > FOLDED_ROPE_BYTES:
+            return None
+        w = weight.t().reshape(D, H, -1)
+        turns = self.rope[0].matrices(torch.arange(L)).to(weight)  # (L, dk, dk)
+        q, k = (torch.einsum("dhe,lef->ldhf", w[..., at : at + dk], turns) for at in (0, dk))
+        return torch.cat((q, k), dim=-1).flatten(2).contiguous(), w[..., 2 * dk :].flatten(1).contiguous()
 
     def segments_batched(self, x: Tensor, read: Tensor, update: Callable[[Tensor], Tensor]) -> Tensor:
         """n whole segments x (B, n*L, D), normalised, from a segment boundary; `batchable()` only.
@@ -246,27 +274,45 @@ class ARC(nn.Module):
         returns the next segment's read state: this loop over the state rows is the only sequential
         part. -> the segment rows' outputs after `proj_out`, (B, n*L, D).
         """
-        B, T, _ = x.shape
+        B, T, D = x.shape
         L, S, H = self.segment_len, self.state_len, self.n_heads
         n, dk, dv = T // L, self.dims_key[0], self.dims_value[0]
-        # Segment rows of every segment at once: (B*n, H, L, 2dk+dv), positions 0..L-1 in each.
-        seg = self.proj_in["segment"](x).view(B * n, L, H, -1).transpose(1, 2)
-        q_seg, k_seg, v_seg = seg.split((dk, dk, dv), dim=-1)
-        q_seg, k_seg = self._turn(0, q_seg, "segment"), self._turn(0, k_seg, "segment")
+        R = 2 * S + L  # rows a write row attends: [read rows; segment rows; write rows]
+        # Segment rows of every segment at once: q, k (B*n, H, L, dk) turned, v (B*n, H, L, dv).
+        folded = self.segment_projection()
+        if folded is None:
+            seg = self.proj_in["segment"](x).view(B * n, L, H, -1).transpose(1, 2)
+            q_seg, k_seg, v_seg = seg.split((dk, dk, dv), dim=-1)
+            q_seg, k_seg = self._turn(0, q_seg, "segment"), self._turn(0, k_seg, "segment")
+        else:  # position l's rows of every segment through its own turned weights: one bmm, no RoPE pass
+            qk_weights, v_weights = folded
+            qk = torch.bmm(x.view(B * n, L, D).transpose(0, 1), qk_weights).view(L, B * n, H, 2 * dk).permute(1, 2, 0, 3)
+            q_seg, k_seg = qk[..., :dk], qk[..., dk:]
+            v_seg = torch.matmul(x, v_weights).view(B * n, L, H, dv).transpose(1, 2)
         # Per segment, the keys and values of its [read rows; segment rows; write rows], (B, n, H, 2S+L, d):
         # the segment rows' filled in here, the state rows' in place as the loop reaches each segment.
-        keys, values = x.new_empty(B, n, H, 2 * S + L, dk), x.new_empty(B, n, H, 2 * S + L, dv)
+        keys, values = x.new_empty(B, n, H, R, dk), x.new_empty(B, n, H, R, dv)
         keys[:, :, :, S : S + L] = k_seg.view(B, n, H, L, dk)
         values[:, :, :, S : S + L] = v_seg.view(B, n, H, L, dv)
         projection = self.state_projection()
-        write_mask = causal_bias(S, 2 * S + L, x)
-        for j in range(n):
-            k_read, v_read, q_w, k_w, v_w = self.state_rows(read, *projection)
-            k_j, v_j = keys[:, j], values[:, j]
-            k_j[:, :, :S], k_j[:, :, S + L :] = k_read, k_w
-            v_j[:, :, :S], v_j[:, :, S + L :] = v_read, v_w
-            written = F.scaled_dot_product_attention(q_w, k_j, v_j, attn_mask=write_mask, scale=self.scales[0])
-            read = update(self.proj_state(written.transpose(1, 2).reshape(B, S, -1)))
+        write_mask = causal_bias(S, R, x)
+        # The loop is a chain of small ops whose cost is mostly per-op overhead, which a second
+        # thread only adds to (measured: ~100 us per segment on one thread, ~140 us on two).
+        threads = torch.get_num_threads()
+        if B * S * D <= SEQUENTIAL_ONE_THREAD_SIZE:
+            torch.set_num_threads(1)
+        try:
+            for j in range(n):
+                k_read, v_read, q_w, k_w, v_w = self.state_rows(read, *projection)
+                k_j, v_j = keys[:, j], values[:, j]
+                k_j[:, :, :S], k_j[:, :, S + L :] = k_read, k_w
+                v_j[:, :, :S], v_j[:, :, S + L :] = v_read, v_w
+                logits = torch.baddbmm(write_mask, q_w.reshape(B * H, S, dk), k_j.reshape(B * H, R, dk).transpose(1, 2),
+                                       alpha=self.scales[0])
+                written = torch.bmm(torch.softmax(logits, dim=-1), v_j.reshape(B * H, R, dv))
+                read = update(self.proj_state(written.view(B, H, S, dv).transpose(1, 2).reshape(B, S, -1)))
+        finally:
+            torch.set_num_threads(threads)
         # Segment rows see their segment's read rows and the segment's past: the first S + L rows.
         keys, values = keys[:, :, :, : S + L].flatten(0, 1), values[:, :, :, : S + L].flatten(0, 1)
         out = causal_attention(q_seg, keys, values, self.scales[0])  # (B*n, H, L, dv)
@@ -363,5 +409,9 @@ class ARCformer(nn.Module):
                 pieces.append(out.y)
                 states.append(self._next_state(states[-1], out.next_state))
             attended = torch.cat(pieces, dim=1)
-        h = x + attended
-        return h + self.mlp_out(F.gelu(self.mlp_in(self.norm_mlp(h)))), states[-1]
+        h = (x + attended).flatten(0, 1)
+        y = torch.empty_like(h)
+        for at in range(0, h.shape[0], MLP_BLOCK_ROWS):  # in row blocks: their (rows, hidden) activations stay in cache
+            rows = h[at : at + MLP_BLOCK_ROWS]
+            y[at : at + MLP_BLOCK_ROWS] = rows + self.mlp_out(F.gelu(self.mlp_in(self.norm_mlp(rows))))
+        return y.view_as(x), states[-1]

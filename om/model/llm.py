@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -114,7 +115,8 @@ class OmLLM(PretrainedMixin, nn.Module):
             patch_tail = context = None
         else:
             h, patch_tail, context = self._patched(x, state, layer_states, caches)
-        logits = self.head(self.norm(h))[..., : self.config.vocab_size]
+        # Only the real vocabulary's rows of the (padded) head: no logits computed to be cut off and copied.
+        logits = F.linear(self.norm(h), self.head.weight[: self.config.vocab_size])
         return logits, OmState(layer_states, caches, stem_tail, state.offset + T, patch_tail, context)
 
     def _patched(self, x: Tensor, state: OmState, layer_states: list, caches: list) -> tuple[Tensor, Tensor, Tensor]:
