@@ -110,7 +110,7 @@ class NoiseRows:
 
     A CPU generator's (steps, V) draw is the same numbers as `steps` draws of (V,) one after
     another (tests/test_sample_generation.py checks it), so the ids are those of one draw per step,
-    for one `exponential_` call per row every `steps` steps instead of every step.
+    for one draw call per row every `steps` steps instead of every step.
     `next(vocab)` -> (R, vocab); `select(rows)` keeps the given rows (their unused noise with them).
     """
 
@@ -121,9 +121,14 @@ class NoiseRows:
 
     def next(self, vocab: int) -> torch.Tensor:
         if self.used == self.steps:
-            self.block, self.used = torch.empty(len(self.generators), self.steps, vocab), 0
-            for row, g in zip(self.block, self.generators):
-                row.exponential_(1, generator=g)
+            # `exponential_` on a CPU float tensor is -log1p(-u) of a float64 uniform u from the
+            # generator, rounded to float32, one sample at a time (about 21 ns each here); drawing u
+            # with `uniform_` and transforming it in one vectorised pass gives the same numbers
+            # (tests/test_sample_generation.py checks it) in about a third of the time.
+            uniform = torch.empty(len(self.generators), self.steps, vocab, dtype=torch.float64)
+            for row, g in zip(uniform, self.generators):
+                row.uniform_(generator=g)
+            self.block, self.used = torch.log1p(uniform.neg_()).neg_().float(), 0
         self.used += 1
         return self.block[:, self.used - 1]
 
