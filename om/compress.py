@@ -18,7 +18,7 @@ against the sha256 in the header, so a mismatch is an error, never wrong output.
 
 File layout (all integers little-endian):
 
-    b"OMZ" + version byte (2)
+    b"OMZ" + version byte (3)
     header length      uint32
     header             UTF-8 JSON (see `compress_bytes`)
     header sha256      32 bytes, of the header JSON
@@ -39,7 +39,8 @@ import torch
 from om.errors import OmUserError
 from om.model.decoding import IncrementalDecoder
 
-VERSION = 2  # 2: the decoder sums in another order (transposed weights, stem by table), so its probabilities differ from 1 by rounding
+VERSION = 3  # 2: the decoder sums in another order (transposed weights, stem by table), so its probabilities differ from 1 by rounding;
+# 3: the state rows are projected and turned in other matmuls (ARC.state_rows), which may round differently from 2
 MAGIC = b"OMZ" + bytes([VERSION])
 FORMAT = f"om-compress/{VERSION}"
 CODER = "constriction range coder, Categorical(perfect=False), float64 softmax over logits[:256]"

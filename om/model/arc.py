@@ -220,35 +220,42 @@ class ARC(nn.Module):
     def state_projection(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """What `state_rows` needs, built once per use. The read role's k|v and the write role's q|k|v
         weights, regrouped so that one matmul gives the rows RoPE turns and another the values:
-        turned (D, 3 * H * dk), columns [k_read | q_write | k_write] each (H, dk); values
+        turned (D, 3 * H * dk), columns [q_write | k_read | k_write] each (H, dk); values
         (D, 2 * H * dv), columns [v_read | v_write] each (H, dv); and each state row's RoPE turns
         (3S, dk, dk), [s * 3 + role] for those three roles of row s (None without RoPE or with
         "unrotated" state rows)."""
         H, S, dk = self.n_heads, self.state_len, self.dims_key[0]
         read, write = (self.proj_in[role].weight.detach().t().reshape(-1, H, self.qkv_width(role, 0)) for role in ("read", "write"))
-        turned = torch.stack((read[..., :dk], write[..., :dk], write[..., dk : 2 * dk]), dim=1).flatten(1).contiguous()
+        turned = torch.stack((write[..., :dk], read[..., :dk], write[..., dk : 2 * dk]), dim=1).flatten(1).contiguous()
         values = torch.stack((read[..., dk:], write[..., 2 * dk :]), dim=1).flatten(1).contiguous()
         if not len(self.rope) or self.state_positions == "unrotated":
             return turned, values, None
         read_at = torch.arange(-S, 0)
         write_at = read_at + S + self.segment_len if self.state_positions == "around" else read_at
-        turns = self.rope[0].matrices(torch.stack((read_at, write_at, write_at), dim=1).flatten())
+        turns = self.rope[0].matrices(torch.stack((write_at, read_at, write_at), dim=1).flatten())
         return turned, values, turns.to(device=turned.device, dtype=turned.dtype)
+
+    def _state_qkv(self, read: Tensor, turned: Tensor, values: Tensor, turns: Tensor | None) -> tuple[Tensor, Tensor]:
+        """read (B*S, D), the normalised state's rows, and `state_projection()` -> the write rows'
+        queries and the read and write rows' keys, (B, S, 3, H, dk) (roles as in `turned`, turned by
+        RoPE), and the read and write rows' values, (B, S, 2, H, dv). Three matmuls in all: this runs
+        once per segment and layer, sequentially, so its op count sets its speed."""
+        S, H, dk, dv = self.state_len, self.n_heads, self.dims_key[0], self.dims_value[0]
+        B = read.shape[0] // S
+        qk = torch.mm(read, turned)
+        if turns is None:
+            qk = qk.view(B, S, 3, H, dk)
+        else:  # row s, role r turned by turns[3s + r]: (3S, B*H, dk) @ (3S, dk, dk), a view in and out when B == 1
+            qk = torch.bmm(qk.view(B, 3 * S, H, dk).transpose(0, 1).reshape(3 * S, B * H, dk), turns)
+            qk = qk.view(S, 3, B, H, dk).permute(2, 0, 1, 3, 4)
+        return qk, torch.mm(read, values).view(B, S, 2, H, dv)
 
     def state_rows(self, read: Tensor, turned: Tensor, values: Tensor, turns: Tensor | None) -> tuple[Tensor, ...]:
         """A one-pass ARC's state rows: read (B, S, D), the normalised state, and `state_projection()`
-        -> (k_read, v_read, q_write, k_write, v_write), each (B, H, S, d) (views), keys and queries
-        turned. Two matmuls and (with RoPE) one batched matmul, which turns every row by its own
-        matrix: together the weights of two projections are read, in a few ops (this runs once per
-        segment and layer, sequentially, so op count sets its speed)."""
-        B, S, H = read.shape[0], self.state_len, self.n_heads
-        dk, dv = self.dims_key[0], self.dims_value[0]
-        qk = torch.matmul(read, turned).view(B, 3 * S, H, dk)
-        if turns is not None:
-            qk = torch.matmul(qk, turns)  # (B, 3S, H, dk) @ (3S, dk, dk): row s, role r by turns[3s + r]
-        qk = qk.view(B, S, 3, H, dk).transpose(1, 3)  # (B, H, 3, S, dk)
-        v = torch.matmul(read, values).view(B, S, 2, H, dv).transpose(1, 3)
-        return qk[:, :, 0], v[:, :, 0], qk[:, :, 1], qk[:, :, 2], v[:, :, 1]
+        -> (k_read, v_read, q_write, k_write, v_write), each (B, H, S, d) (views), keys and queries turned."""
+        qk, v = self._state_qkv(read.reshape(-1, read.shape[-1]), turned, values, turns)
+        qk, v = qk.transpose(1, 3), v.transpose(1, 3)  # (B, H, roles, S, d)
+        return qk[:, :, 1], v[:, :, 0], qk[:, :, 0], qk[:, :, 2], v[:, :, 1]
 
     def segment_projection(self) -> tuple[Tensor, Tensor] | None:
         """For `segments_batched`: the segment rows' q|k weights with each position's RoPE turn folded
@@ -277,7 +284,7 @@ class ARC(nn.Module):
         B, T, D = x.shape
         L, S, H = self.segment_len, self.state_len, self.n_heads
         n, dk, dv = T // L, self.dims_key[0], self.dims_value[0]
-        R = 2 * S + L  # rows a write row attends: [read rows; segment rows; write rows]
+        R = L + 2 * S  # rows a write row attends: [segment rows; read rows; write rows]
         # Segment rows of every segment at once: q, k (B*n, H, L, dk) turned, v (B*n, H, L, dv).
         folded = self.segment_projection()
         if folded is None:
@@ -289,13 +296,19 @@ class ARC(nn.Module):
             qk = torch.bmm(x.view(B * n, L, D).transpose(0, 1), qk_weights).view(L, B * n, H, 2 * dk).permute(1, 2, 0, 3)
             q_seg, k_seg = qk[..., :dk], qk[..., dk:]
             v_seg = torch.matmul(x, v_weights).view(B * n, L, H, dv).transpose(1, 2)
-        # Per segment, the keys and values of its [read rows; segment rows; write rows], (B, n, H, 2S+L, d):
-        # the segment rows' filled in here, the state rows' in place as the loop reaches each segment.
+        # Per segment, the keys and values of its [segment rows; read rows; write rows], (B, n, H, L+2S, d):
+        # the segment rows' filled in here, the state rows' in place (read and write rows side by side,
+        # one copy each for keys and values) as the loop reaches each segment. Attention does not
+        # depend on the order of the keys, only on the mask.
         keys, values = x.new_empty(B, n, H, R, dk), x.new_empty(B, n, H, R, dv)
-        keys[:, :, :, S : S + L] = k_seg.view(B, n, H, L, dk)
-        values[:, :, :, S : S + L] = v_seg.view(B, n, H, L, dv)
+        keys[:, :, :, :L] = k_seg.view(B, n, H, L, dk)
+        values[:, :, :, :L] = v_seg.view(B, n, H, L, dv)
+        state_keys = keys[:, :, :, L:].unflatten(3, (2, S))  # (B, n, H, 2, S, dk): [read; write]
+        state_values = values[:, :, :, L:].unflatten(3, (2, S))
         projection = self.state_projection()
-        write_mask = causal_bias(S, R, x)
+        to_state = self.proj_state.weight.detach().t()  # (H*dv, D)
+        write_mask = causal_bias(S, R, x)  # write row i sees the segment, the read rows and write rows <= i
+        read = read.reshape(B * S, D)
         # The loop is a chain of small ops whose cost is mostly per-op overhead, which a second
         # thread only adds to (measured: ~100 us per segment on one thread, ~140 us on two).
         threads = torch.get_num_threads()
@@ -303,19 +316,20 @@ class ARC(nn.Module):
             torch.set_num_threads(1)
         try:
             for j in range(n):
-                k_read, v_read, q_w, k_w, v_w = self.state_rows(read, *projection)
-                k_j, v_j = keys[:, j], values[:, j]
-                k_j[:, :, :S], k_j[:, :, S + L :] = k_read, k_w
-                v_j[:, :, :S], v_j[:, :, S + L :] = v_read, v_w
-                logits = torch.baddbmm(write_mask, q_w.reshape(B * H, S, dk), k_j.reshape(B * H, R, dk).transpose(1, 2),
-                                       alpha=self.scales[0])
-                written = torch.bmm(torch.softmax(logits, dim=-1), v_j.reshape(B * H, R, dv))
-                read = update(self.proj_state(written.view(B, H, S, dv).transpose(1, 2).reshape(B, S, -1)))
+                qk, v = self._state_qkv(read, *projection)
+                state_keys[:, j].copy_(qk[:, :, 1:].permute(0, 3, 2, 1, 4))
+                state_values[:, j].copy_(v.permute(0, 3, 2, 1, 4))
+                q = qk[:, :, 0].transpose(1, 2).reshape(B * H, S, dk)
+                logits = torch.baddbmm(write_mask, q, keys[:, j].reshape(B * H, R, dk).transpose(1, 2), alpha=self.scales[0])
+                written = torch.bmm(torch.softmax(logits, dim=-1), values[:, j].reshape(B * H, R, dv))
+                written = torch.mm(written.view(B, H, S, dv).transpose(1, 2).reshape(B * S, H * dv), to_state)
+                read = update(written.view(B, S, D)).reshape(B * S, D)
         finally:
             torch.set_num_threads(threads)
-        # Segment rows see their segment's read rows and the segment's past: the first S + L rows.
-        keys, values = keys[:, :, :, : S + L].flatten(0, 1), values[:, :, :, : S + L].flatten(0, 1)
-        out = causal_attention(q_seg, keys, values, self.scales[0])  # (B*n, H, L, dv)
+        # Segment row i sees the segment's rows 0..i and its read rows: the first L + S keys.
+        seg_mask = F.pad(causal_bias(L, L, x), (0, S))
+        keys, values = keys[:, :, :, : L + S].flatten(0, 1), values[:, :, :, : L + S].flatten(0, 1)
+        out = F.scaled_dot_product_attention(q_seg, keys, values, attn_mask=seg_mask, scale=self.scales[0])  # (B*n, H, L, dv)
         return self.proj_out(out.transpose(1, 2).reshape(B, T, -1))
 
 
