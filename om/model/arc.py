@@ -411,9 +411,11 @@ class ARCformer(nn.Module):
         normed = self.norm_attn(x)
         states = [state]
         if self.arc.batchable():
-            def update(written: Tensor) -> Tensor:
-                states.append(self._next_state(states[-1], written))
-                return self._read(states[-1])
+            norm = self.norm_state
+
+            def update(written: Tensor) -> Tensor:  # `_read` without the module call: it runs once per segment
+                states[-1] = self._next_state(states[-1], written)
+                return F.layer_norm(states[-1], norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
             attended = self.arc.segments_batched(normed, self._read(state), update)
         else:

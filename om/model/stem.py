@@ -61,8 +61,9 @@ class CausalConvStem(nn.Module):
             y = y + sum(conv.bias for conv in self.convs)
         else:
             weight, bias = self.lag_weights()
-            for j in range(K):
-                y = torch.addmm(y.flatten(0, 1), padded[:, K - 1 - j : K - 1 - j + T].reshape(-1, x.shape[-1]), weight[j]).view_as(x)
-            y = y + bias
+            y = (x + bias).flatten(0, 1)
+            for j in range(K):  # accumulated in place: addmm would copy y into a new tensor every lag
+                y.addmm_(padded[:, K - 1 - j : K - 1 - j + T].reshape(-1, x.shape[-1]), weight[j])
+            y = y.view_as(x)
         next_tail = padded[:, padded.shape[1] - self.tail_len :] if self.tail_len else tail
         return y, next_tail
