@@ -373,13 +373,22 @@ class ARCformer(nn.Module):
 
     def _read(self, state: Tensor) -> Tensor:
         """What the ARC reads of the state (B, S, D): normalised, when there is a state."""
-        return self.norm_state(state) if self.norm_state is not None else state
+        norm = self.norm_state
+        if norm is None:
+            return state
+        # F.layer_norm rather than the module's call: this runs once per segment and layer in the
+        # sequential loops of inference, where the module call's overhead is a visible share.
+        return F.layer_norm(state, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+    def _mlp(self, h: Tensor) -> Tensor:
+        """The MLP branch (no residual, no dropout): rows (..., D) -> (..., D)."""
+        return self.mlp_out(F.gelu(self.mlp_in(self.norm_mlp(h))))
 
     def extend(self, x: Tensor, state: Tensor, offset: int, cache: SegmentCache | None, finish: bool) -> ARCOutput:
         read = self._read(state)
         out = self.arc.extend(self.norm_attn(x), read, offset, cache, finish)
         h = x + self.dropout(out.y)
-        y = h + self.dropout(self.mlp_out(F.gelu(self.mlp_in(self.norm_mlp(h)))))
+        y = h + self.dropout(self._mlp(h))
         next_state = self._next_state(state, out.next_state) if finish else None
         return ARCOutput(y, out.cache, next_state)
 
@@ -411,11 +420,9 @@ class ARCformer(nn.Module):
         normed = self.norm_attn(x)
         states = [state]
         if self.arc.batchable():
-            norm = self.norm_state
-
-            def update(written: Tensor) -> Tensor:  # `_read` without the module call: it runs once per segment
+            def update(written: Tensor) -> Tensor:
                 states[-1] = self._next_state(states[-1], written)
-                return F.layer_norm(states[-1], norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+                return self._read(states[-1])
 
             attended = self.arc.segments_batched(normed, self._read(state), update)
         else:
@@ -429,5 +436,5 @@ class ARCformer(nn.Module):
         y = torch.empty_like(h)
         for at in range(0, h.shape[0], MLP_BLOCK_ROWS):  # in row blocks: their (rows, hidden) activations stay in cache
             rows = h[at : at + MLP_BLOCK_ROWS]
-            y[at : at + MLP_BLOCK_ROWS] = rows + self.mlp_out(F.gelu(self.mlp_in(self.norm_mlp(rows))))
+            y[at : at + MLP_BLOCK_ROWS] = rows + self._mlp(rows)
         return y.view_as(x), states[-1]
