@@ -39,8 +39,9 @@ import torch
 from om.errors import OmUserError
 from om.model.decoding import IncrementalDecoder
 
-VERSION = 3  # 2: the decoder sums in another order (transposed weights, stem by table), so its probabilities differ from 1 by rounding;
+VERSION = 4  # 2: the decoder sums in another order (transposed weights, stem by table), so its probabilities differ from 1 by rounding;
 # 3: the state rows are projected and turned in other matmuls (ARC.state_rows), which may round differently from 2
+# 4: the decoder's MLP scales both matrices by 1/sqrt 2 (one elementwise op less per row), which rounds differently from 3
 MAGIC = b"OMZ" + bytes([VERSION])
 FORMAT = f"om-compress/{VERSION}"
 CODER = "constriction range coder, Categorical(perfect=False), float64 softmax over logits[:256]"

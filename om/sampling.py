@@ -87,8 +87,13 @@ def next_tokens(logits: torch.Tensor, options: SamplingOptions, generators: list
 
 def draw(logits: torch.Tensor, options: SamplingOptions, noise) -> list[int]:
     """`next_tokens` with its Exp(1) noise from `noise(V)` -> (R, V), called only if the draw is random."""
+    return draw_ids(logits, options, noise).tolist()
+
+
+def draw_ids(logits: torch.Tensor, options: SamplingOptions, noise) -> torch.Tensor:
+    """`draw`'s ids as a (R,) int64 tensor (which a decoder can take as its next input)."""
     if options.temperature < GREEDY_BELOW:  # dividing by a tiny temperature would overflow to inf
-        return torch.argmax(logits, dim=-1).tolist()
+        return torch.argmax(logits, dim=-1)
     if options.temperature != 1.0:
         logits = logits / options.temperature
     if 0 < options.top_k < logits.shape[-1]:
@@ -102,7 +107,7 @@ def draw(logits: torch.Tensor, options: SamplingOptions, noise) -> list[int]:
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     # torch.multinomial(p, 1) is argmax(p / E) with E ~ Exp(1) drawn from its generator, so drawing
     # each row's E from that row's generator gives the same ids without its per-call checks.
-    return torch.argmax(probs.div_(noise(probs.shape[-1])), dim=-1).tolist()
+    return torch.argmax(probs.div_(noise(probs.shape[-1])), dim=-1)
 
 
 class NoiseRows:
@@ -117,6 +122,7 @@ class NoiseRows:
     def __init__(self, generators: list, steps: int = 64):
         self.generators, self.steps = list(generators), steps
         self.block: torch.Tensor | None = None
+        self.rows: tuple[torch.Tensor, ...] = ()  # the block's steps, (R, V) views
         self.used = steps
 
     def next(self, vocab: int) -> torch.Tensor:
@@ -129,13 +135,15 @@ class NoiseRows:
             for row, g in zip(uniform, self.generators):
                 row.uniform_(generator=g)
             self.block, self.used = torch.log1p(uniform.neg_()).neg_().float(), 0
+            self.rows = self.block.unbind(1)
         self.used += 1
-        return self.block[:, self.used - 1]
+        return self.rows[self.used - 1]
 
     def select(self, rows: list[int]) -> None:
         self.generators = [self.generators[r] for r in rows]
         if self.block is not None:
             self.block = self.block[rows]
+            self.rows = self.block.unbind(1)
 
 
 class TokenDecoder:
@@ -250,16 +258,17 @@ def generate_ids(
         with torch.inference_mode():
             logits, state = _after_prompt(model, codec, prompt_ids, context)
             decoder = IncrementalDecoder(model, state, banned=banned_mask)  # its logits come masked
-        last = logits[0, -1].masked_fill(banned_mask.to(logits.device), float("-inf"))
+        last = logits[:, -1].masked_fill(banned_mask.to(logits.device), float("-inf"))
         fed = torch.zeros(1, dtype=torch.long, device=device)
+        on_host = last.device.type == "cpu" and last.dtype == torch.float32
         while True:
-            token = draw(last.float().cpu()[None], options, noise.next)[0]
+            token = draw(last if on_host else last.float().cpu(), options, noise.next)[0]
             if token == sep:
                 return
             yield token
             with torch.inference_mode():
-                fed[0] = token
-                last = decoder.step(fed)[0]
+                fed.fill_(token)
+                last = decoder.step(fed)
     finally:
         model.train(was_training)
 
@@ -388,15 +397,15 @@ def generate_many(
             decoder = IncrementalDecoder(model, state.select([0] * len(live)), banned=banned_mask)
             last = logits[:, -1].masked_fill(banned_mask.to(logits.device), float("-inf")).expand(len(live), -1)
             while live:
-                tokens = draw(last.float().cpu(), options, noise.next)
-                going = [r for r, (i, t) in enumerate(zip(live, tokens)) if t != sep and rows[i].take(t)]
+                ids = draw_ids(last.float().cpu(), options, noise.next)
+                going = [r for r, (i, t) in enumerate(zip(live, ids.tolist())) if t != sep and rows[i].take(t)]
                 if not going:
                     break
                 if len(going) < len(live):
                     decoder.select(going)
                     noise.select(going)
-                live, tokens = [live[r] for r in going], [tokens[r] for r in going]
-                last = decoder.step(torch.tensor(tokens, device=device))
+                    live, ids = [live[r] for r in going], ids[going]
+                last = decoder.step(ids.to(device))
     finally:
         model.train(was_training)
     return [Sample(i, seeds[i], b"".join(_emit(codec, iter(row.ids), options))) for i, row in enumerate(rows)]

@@ -328,8 +328,11 @@ class ARC(nn.Module):
             torch.set_num_threads(threads)
         # Segment row i sees the segment's rows 0..i and its read rows: the first L + S keys.
         seg_mask = F.pad(causal_bias(L, L, x), (0, S))
-        keys, values = keys[:, :, :, : L + S].flatten(0, 1), values[:, :, :, : L + S].flatten(0, 1)
-        out = F.scaled_dot_product_attention(q_seg, keys, values, attn_mask=seg_mask, scale=self.scales[0])  # (B*n, H, L, dv)
+        # baddbmm/softmax/bmm rather than SDPA: on these many small (L x L+S) problems the CPU SDPA
+        # kernel took 1.5x as long (8.0 against 5.3 ms for 256 segments of the headline model).
+        keys, values = keys[:, :, :, : L + S].flatten(0, 2), values[:, :, :, : L + S].flatten(0, 2)
+        logits = torch.baddbmm(seg_mask, q_seg.flatten(0, 1), keys.transpose(1, 2), alpha=self.scales[0])
+        out = torch.bmm(torch.softmax(logits, dim=-1), values).view(B * n, H, L, dv)
         return self.proj_out(out.transpose(1, 2).reshape(B, T, -1))
 
 
