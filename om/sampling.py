@@ -260,9 +260,8 @@ def generate_ids(
             decoder = IncrementalDecoder(model, state, banned=banned_mask)  # its logits come masked
         last = logits[:, -1].masked_fill(banned_mask.to(logits.device), float("-inf"))
         fed = torch.zeros(1, dtype=torch.long, device=device)
-        on_host = last.device.type == "cpu" and last.dtype == torch.float32
         while True:
-            token = draw(last if on_host else last.float().cpu(), options, noise.next)[0]
+            token = draw(last.float().cpu(), options, noise.next)[0]
             if token == sep:
                 return
             yield token
