@@ -19,6 +19,8 @@ EXTRA = {
     "patched-4-lean-decoder": dict(patch_size=4, stem_kernels=[4], decoder_layers=3, decoder_mlp_ratio=0.5,
                                    dims_key=[8], dims_value=[8]),
     "one-wide-stem": dict(stem_kernels=[1], dims_key=[8], dims_value=[8]),
+    "patched-3-local-attention-gated": dict(patch_size=3, decoder_attention=True, decoder_layers=2, state_update="gated",
+                                            dims_key=[8], dims_value=[8]),
 }
 ALL = {**CONFIGS, **EXTRA}
 MODELS = {name: tiny_model(seed=10 + i, **cfg) for i, (name, cfg) in enumerate(ALL.items())}
@@ -46,7 +48,7 @@ def test_decoder_equals_forward(name, start):
     assert_states_equal(whole_state, decoder.state())
 
 
-@pytest.mark.parametrize("name", ["rope", "patched-3-depthwise-stem", "three-passes"])
+@pytest.mark.parametrize("name", ["rope", "patched-3-depthwise-stem", "three-passes", "patched-4-local-attention"])
 def test_exported_state_continues_like_the_decoder(name):
     """state() mid-segment (and mid-patch) is a copy: forward from it matches the decoder going on."""
     model = MODELS[name]

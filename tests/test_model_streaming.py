@@ -25,6 +25,7 @@ CONFIGS = {
     "patched-3-per-phase": dict(patch_size=3, decoder_context="per_phase"),
     "patched-2-wide-trunk": dict(patch_size=2, trunk_dim=48),
     "patched-4-lean-decoder": dict(patch_size=4, stem_kernels=[4], decoder_layers=2, decoder_mlp_ratio=0.5),
+    "patched-4-local-attention": dict(patch_size=4, decoder_attention=True, decoder_layers=1),
     # One pass without CoPE: whole segments at inference take ARC.segments_batched.
     "one-pass": dict(dims_key=[8], dims_value=[6]),
     "one-pass-aligned-gated": dict(dims_key=[8], dims_value=[8], state_positions="aligned", state_update="gated"),

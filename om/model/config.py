@@ -59,6 +59,10 @@ class OmConfig(BaseModel):
         "shared", description="how the local decoder reads the trunk's output (patch_size > 1 only): shared: one "
         "projection for every byte of the patch, plus a learned vector per phase; per_phase: a projection of its own "
         "for each phase (as MEGABYTE splits its global output), P times the weights, computed once per patch")
+    decoder_attention: bool = Field(
+        False, description="give the local decoder (patch_size > 1 only) one causal attention block, before its MLP blocks, "
+        "over the rows that share the trunk context: each byte then sees the bytes since that context by attention, "
+        "not only through the stem's window (as MEGABYTE's local model does)")
     positional: Positional = Field("rope", description="rope | cope | rope+cope | none")
     rope_base: float = Field(10000.0, gt=1.0)
     rope_fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of each head's q/k dims that RoPE rotates")
@@ -90,6 +94,10 @@ class OmConfig(BaseModel):
             raise ValueError("trunk_dim needs patch_size > 1 (unpatched, the layers have width dim)")
         if self.decoder_mlp_ratio is not None and self.patch_size == 1:
             raise ValueError("decoder_mlp_ratio needs patch_size > 1 (unpatched, there is no local decoder)")
+        if self.decoder_attention and self.patch_size == 1:
+            raise ValueError("decoder_attention needs patch_size > 1 (unpatched, there is no local decoder)")
+        if self.decoder_attention and self.dim % self.n_heads:
+            raise ValueError(f"decoder_attention splits dim {self.dim} into n_heads {self.n_heads} heads: it must divide it")
         if self.dim % self.stem_groups:
             raise ValueError(f"stem_groups {self.stem_groups} does not divide dim {self.dim}")
         return self

@@ -91,6 +91,11 @@ class IncrementalDecoder:
             if self.state_len and self.rows:  # mid-segment: the read rows are in the cache already
                 self._project_state_rows()
         self.blocks = [] if model.patch is None else [_MLPWeights(b.norm, b.mlp_in, b.mlp_out) for b in model.patch.blocks]
+        self.local = None if model.patch is None or model.patch.attention is None else _LocalAttentionRows(model.patch.attention, B, ref)
+        if self.local is not None:  # the current group's rows read before this state, from its patch tail
+            prior = (self.offset + 1) % c.patch_size
+            for phase in range(prior):
+                self.local.add(self.patch_tail[:, c.patch_size - 1 - prior + phase] + self.conditions[:, phase], phase)
         self.final_norm = (model.norm.weight, model.norm.bias, model.norm.eps)
         self.head = _transposed(model.head.weight[: c.vocab_size])  # (D, vocab_size)
         self.head_bias = None if banned is None else ref.new_zeros(c.vocab_size).masked_fill(banned.to(ref.device), float("-inf"))
@@ -162,7 +167,10 @@ class IncrementalDecoder:
         if (self.offset + 1) % P == 0:
             o = self._trunk_step(F.linear(window.flatten(1), patch.encoder.weight), self.offset // P)
             self._read_context(patch.context(o))
-        h = x + self.conditions[:, (self.offset + 1) % P]
+        phase = (self.offset + 1) % P
+        h = x + self.conditions[:, phase]
+        if self.local is not None:
+            h = self.local.add(h, phase)
         for block in self.blocks:
             h = block.residual(h)
         return h
@@ -278,6 +286,8 @@ class IncrementalDecoder:
             self.stem_ahead, self.recent = pick(self.stem_ahead), []
         if self.patch_tail is not None:
             self.patch_tail, self.context, self.conditions = map(pick, (self.patch_tail, self.context, self.conditions))
+        if self.local is not None:
+            self.local.select(index)
 
 
 def _transposed(weight: Tensor) -> Tensor:
@@ -304,6 +314,30 @@ class _MLPWeights:
     def residual(self, x: Tensor) -> Tensor:
         a = torch.mm(F.layer_norm(x, (x.shape[-1],), *self.norm), self.w_in)
         return torch.addmm(x, torch.erf(a).add_(1).mul_(a), self.w_out)
+
+
+class _LocalAttentionRows:
+    """A patched decoder's `LocalAttention`, one row per step: `add(h, phase)` takes the row h (B, D)
+    at its phase in the current group (0 starts a new group), keeps its key and value and returns
+    h plus its attention over the group's rows so far, (B, D)."""
+
+    def __init__(self, attention, batch_size: int, ref: Tensor):
+        self.heads, P, D = attention.n_heads, attention.patch_size, ref.shape[1]
+        self.norm = (attention.norm.weight, attention.norm.bias, attention.norm.eps)
+        self.qkv, self.out = _transposed(attention.qkv.weight), _transposed(attention.out.weight)  # (D, 3D), (D, D)
+        self.keys = ref.new_empty(batch_size, self.heads, P, D // self.heads)
+        self.values = torch.empty_like(self.keys)
+
+    def add(self, h: Tensor, phase: int) -> Tensor:
+        B, D = h.shape
+        qkv = torch.mm(F.layer_norm(h, (D,), *self.norm), self.qkv).view(B, 3, self.heads, 1, -1)
+        self.keys[:, :, phase : phase + 1].copy_(qkv[:, 1])
+        self.values[:, :, phase : phase + 1].copy_(qkv[:, 2])
+        z = F.scaled_dot_product_attention(qkv[:, 0], self.keys[:, :, : phase + 1], self.values[:, :, : phase + 1])
+        return torch.addmm(h, z.view(B, D), self.out)
+
+    def select(self, index: Tensor) -> None:
+        self.keys, self.values = self.keys.index_select(0, index), self.values.index_select(0, index)
 
 
 class _LayerWeights:

@@ -67,8 +67,11 @@ class OmLLM(PretrainedMixin, nn.Module):
                 nn.init.normal_(proj.weight, std=c.init_std / math.sqrt(2 * c.n_layers))
             if layer.state_gate is not None:
                 nn.init.constant_(layer.state_gate.bias, 1.0)  # start by keeping ~73% of the old state
+        decoder_blocks = c.decoder_layers + c.decoder_attention
         for block in self.patch.blocks if self.patch is not None else ():
-            nn.init.normal_(block.mlp_out.weight, std=c.init_std / math.sqrt(2 * max(1, c.decoder_layers)))
+            nn.init.normal_(block.mlp_out.weight, std=c.init_std / math.sqrt(2 * max(1, decoder_blocks)))
+        if self.patch is not None and self.patch.attention is not None:
+            nn.init.normal_(self.patch.attention.out.weight, std=c.init_std / math.sqrt(2 * decoder_blocks))
 
     def _init_weights(self, module: nn.Module) -> None:
         # The stem's convolutions keep PyTorch's default init (uniform, bound 1/sqrt(D*k), with
@@ -134,8 +137,13 @@ class OmLLM(PretrainedMixin, nn.Module):
         # of them, conditioned for the phase (a+1) % P.
         ahead = torch.arange(T, device=x.device) + state.offset + 1
         conditions = self.patch.conditions(contexts).flatten(1, 2)  # (B, contexts * P, D)
-        h = self.patch.decode(x, conditions.index_select(1, (ahead // P - state.offset // P) * P + ahead % P))
+        condition = conditions.index_select(1, (ahead // P - state.offset // P) * P + ahead % P)
         patch_tail = torch.cat((state.patch_tail, x), dim=1)[:, -(P - 1) :]
+        prior = (state.offset + 1) % P if self.patch.attention is not None else 0
+        if prior:  # the current group's earlier rows, read before this call: keys and values for its attention
+            x = torch.cat((state.patch_tail[:, P - 1 - prior :], x), dim=1)
+            condition = torch.cat((conditions[:, :prior], condition), dim=1)
+        h = self.patch.decode(x, condition, prior)
         return h, patch_tail, contexts[:, -1]
 
     def _trunk(self, x: Tensor, layer_states: list[Tensor], caches: list, offset: int) -> Tensor:
