@@ -387,6 +387,7 @@ def test_checkpoints_of_the_old_layout_still_load(overrides):
         {"patch_size": 2, "trunk_dim": 48, "decoder_context": "per_phase", "state_update": "gated"},
         {"patch_size": 2, "decoder_layers": 0, "state_len": 0},
         {"patch_size": 4, "decoder_layers": 3, "decoder_mlp_ratio": 0.5},
+        {"patch_size": 4, "decoder_layers": 1, "decoder_attention": True},
     ],
 )
 def test_parameter_count_matches_the_built_model(overrides):

@@ -28,6 +28,7 @@ def parameter_count(c: OmConfig) -> int:
         P, W = c.patch_size, c.layer_dim
         projections = P if c.decoder_context == "per_phase" else 1
         patching = P * D * W + W + 2 * W + projections * W * D + P * D + c.decoder_layers * (2 * D + 2 * D * c.decoder_hidden)
+        patching += (2 * D + 4 * D * D) if c.decoder_attention else 0  # norm, q|k|v and output projections
     return embed + head + stem + c.n_layers * _layer_parameters(c.trunk_config()) + 2 * D + patching
 
 
@@ -111,6 +112,8 @@ def training_estimate(c: OmConfig, micro_batch_size: int, seq_len: int, activati
 def _stem_width(c: OmConfig) -> int:
     """Floats per token kept by the embedding, the stem's convolutions and a patched model's decoder."""
     decoder = 0 if c.patch_size == 1 else 3 * c.dim + c.decoder_layers * (2 * c.dim + 2 * c.decoder_hidden)
+    if c.decoder_attention:  # norm, q|k|v, attention output, its projection
+        decoder += 6 * c.dim
     return c.dim * (2 + 2 * len(c.stem_kernels)) + decoder
 
 
