@@ -18,7 +18,7 @@ against the sha256 in the header, so a mismatch is an error, never wrong output.
 
 File layout (all integers little-endian):
 
-    b"OMZ" + version byte (3)
+    b"OMZ" + version byte (4)
     header length      uint32
     header             UTF-8 JSON (see `compress_bytes`)
     header sha256      32 bytes, of the header JSON
