@@ -43,6 +43,7 @@ import torch
 import yaml
 
 from bench.corpora import CACHE
+from bench.quality import last_train_row, run
 from bench.report import ROOT, machine, markdown_table, write_section
 
 ROWS = {"om-bytes": "recipes/shakespeare-bytes.yaml", "om-bytes-patched-8": "recipes/shakespeare-bytes-patched.yaml"}
@@ -55,9 +56,8 @@ def missing_modules() -> list[str]:
 
 
 def om(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "omcli", *args]
-    print("$", " ".join(argv), file=sys.stderr, flush=True)
-    return subprocess.run(argv, check=True, text=True, capture_output=capture, cwd=ROOT)
+    """`om ARGS` as `python -m omcli` (the device machine runs the repository uninstalled: no `om` script)."""
+    return run([sys.executable, "-m", "omcli", *args], capture_output=capture, cwd=ROOT)
 
 
 def recipe_for(row: str, dataset: Path, run_dir: Path, minutes: float, precision: str, device: str,
@@ -78,8 +78,7 @@ def train_and_eval(row: str, precision: str, args, dataset: Path, val_txt: Path)
     path = WORK / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe_for(row, dataset, run_dir, args.minutes, precision, args.device, args.micro_batch_size)))
     om("train", str(path), "--resume", "never", "--out", str(run_dir))
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in rows if r.get("event") == "train"][-1]
+    last = last_train_row(run_dir)
     report = json.loads(om("eval", str(run_dir), str(val_txt), "--bytes", "--json", "--device", args.device, capture=True).stdout)
     return {"row": row, "precision": precision, "bits_per_byte": report["bits_per_byte"], "train_bytes": last["bytes"],
             "steps": last["step"], "bytes_per_s": last["bytes"] / max(last["elapsed_s"], 1e-9)}
