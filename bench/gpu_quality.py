@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -77,6 +78,7 @@ def train_and_eval(row: str, precision: str, args, dataset: Path, val_txt: Path)
     run_dir = WORK / "runs" / name
     path = WORK / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe_for(row, dataset, run_dir, args.minutes, precision, args.device, args.micro_batch_size)))
+    shutil.rmtree(run_dir, ignore_errors=True)  # a rerun replaces the old run (om train refuses a folder holding one)
     om("train", str(path), "--resume", "never", "--out", str(run_dir))
     last = last_train_row(run_dir)
     report = json.loads(om("eval", str(run_dir), str(val_txt), "--bytes", "--json", "--device", args.device, capture=True).stdout)
