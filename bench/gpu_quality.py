@@ -52,6 +52,12 @@ NEEDED = ["numpy", "yaml", "typer", "rich", "pydantic", "safetensors", "sentence
 WORK = CACHE / "gpu-quality"
 
 
+def fail(message: str) -> None:
+    """Bad input or a missing prerequisite: one line on stderr, exit code 2."""
+    print(f"bench.gpu_quality: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def missing_modules() -> list[str]:
     return [name for name in NEEDED if importlib.util.find_spec(name) is None]
 
@@ -126,12 +132,12 @@ def main() -> None:
     rows, precisions = args.rows.split(","), args.precisions.split(",")
     unknown = [r for r in rows if r not in ROWS] + [p for p in precisions if p not in ("bf16", "fp32")]
     if unknown:
-        sys.exit(f"bench.gpu_quality: unknown row or precision: {', '.join(unknown)}")
+        fail(f"unknown row or precision: {', '.join(unknown)}")
     if missing := missing_modules():
-        sys.exit(f"bench.gpu_quality: missing Python modules: {', '.join(missing)} (carry them as wheels)")
+        fail(f"missing Python modules: {', '.join(missing)} (carry them as wheels)")
     train_txt, val_txt = CACHE / "shakespeare-split" / "train.txt", CACHE / "shakespeare-split" / "val.txt"
     if not (train_txt.exists() and val_txt.exists()):
-        sys.exit(f"bench.gpu_quality: {train_txt.parent} has no train.txt and val.txt (python -m bench.corpora writes them)")
+        fail(f"{train_txt.parent} has no train.txt and val.txt (python -m bench.corpora writes them)")
     print(machine(), file=sys.stderr)
     xformers_line = xformers_check(args.device)
     print(xformers_line, flush=True)
