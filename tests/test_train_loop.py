@@ -43,8 +43,9 @@ def _metrics(run: Path) -> list[dict]:
     [
         dict(state="reset", max_steps=12, log_every=1, eval_every=4),
         dict(state="carry", grad_accum=2, max_steps=12, log_every=5, eval_every=6, checkpoint_every=3),
+        dict(state="reset", optimizer="muon", max_steps=12, log_every=3, eval_every=6),
     ],
-    ids=["reset", "carry-accum"],
+    ids=["reset", "carry-accum", "muon"],
 )
 def test_resume_is_exact(tmp_path, dataset, train):
     whole = Trainer(_recipe(dataset, **train), tmp_path / "whole").run()

@@ -12,7 +12,7 @@ from om import OmConfig, OmLLM
 from om.data import BytesCodec
 from om.evaluate import TokenReader, validation_slice
 from om.train.batches import BatchSampler
-from om.train.optim import param_groups
+from om.train.optim import MuonAdamW, orthogonalized, param_groups
 from om.train.schedule import budget_progress, learning_rate
 from om.train.validation import tokens_for_bytes
 
@@ -30,6 +30,74 @@ def test_weight_decay_skips_norms_biases_and_initial_states():
     assert any("pass_weights" in n for n in decayed)  # the per-head matrices of later passes
     # Every parameter exactly once (the tied head weight is the embedding).
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_muon_takes_the_hidden_matrices_only():
+    config = dict(vocab_size=257, dim=32, n_layers=2, n_heads=2, dims_key=[8, 4], dims_value=[8, 4], segment_len=8, state_len=4)
+    for tied in (True, False):
+        model = OmLLM(OmConfig(**config, tie_embeddings=tied))
+        names = {id(p): n for n, p in model.named_parameters()}
+        matrices, kernels, decay, no_decay = param_groups(model, 0.1, muon=True)
+        assert matrices["muon"] and kernels["muon"] and kernels["flatten"] and decay["weight_decay"] == 0.1
+        on_muon = {names[id(p)] for p in matrices["params"]}
+        assert "layers.0.arc.proj_out.weight" in on_muon and "layers.1.mlp_in.weight" in on_muon
+        assert any("pass_weights" in n for n in on_muon)  # stacks of per-head matrices
+        assert not any(n.startswith(("embed", "head", "stem")) or "norm" in n or "initial_state" in n for n in on_muon)
+        assert {names[id(p)] for p in kernels["params"]} == {f"stem.convs.{i}.weight" for i in range(3)}
+        assert {names[id(p)] for p in decay["params"]} == {"embed.weight"} | ({"head.weight"} if not tied else set())
+        total = sum(len(g["params"]) for g in (matrices, kernels, decay, no_decay))
+        assert total == len(list(model.parameters()))  # every parameter exactly once
+
+
+@pytest.mark.parametrize("shape", [(24, 40), (40, 24), (3, 16, 8)])
+def test_orthogonalized_flattens_singular_values_and_keeps_singular_vectors(shape):
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    o = orthogonalized(g)
+    assert o.shape == g.shape
+    values = torch.linalg.svdvals(o)
+    assert values.min() > 0.6 and values.max() < 1.25  # from a spread of about 10x in g's
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    rotated = u.mT @ o @ vh.mT  # diagonal when o has g's singular vectors
+    off_diagonal = rotated - torch.diag_embed(torch.diagonal(rotated, dim1=-2, dim2=-1))
+    assert off_diagonal.abs().max() < 1e-6
+
+
+def test_muon_adamw_is_torch_adamw_on_its_adamw_groups():
+    torch.manual_seed(0)
+    config = OmConfig(vocab_size=257, dim=16, n_layers=1, n_heads=2, dims_key=[4], dims_value=[4], segment_len=4, state_len=2)
+    ours, theirs = OmLLM(config), OmLLM(config)
+    theirs.load_state_dict(ours.state_dict())
+    opt_ours = MuonAdamW(param_groups(ours, 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    opt_theirs = torch.optim.AdamW(param_groups(theirs, 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    x = torch.randint(0, 257, (2, 9))
+    for step in range(4):
+        for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            for group in opt.param_groups:
+                group["lr"] = 1e-2 / (step + 1)
+            model(x)[0].square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_muon_moves_a_matrix_by_its_orthogonalised_gradient():
+    weight = torch.nn.Parameter(torch.randn(8, 12))
+    before = weight.detach().clone()
+    opt = MuonAdamW([{"params": [weight], "weight_decay": 0.5, "muon": True}], lr=0.1)
+    weight.grad = torch.randn(8, 12)
+    opt.step()
+    # First step: the momentum is the gradient times a constant, which orthogonalising removes.
+    expected = before * (1 - 0.1 * 0.5) - 0.1 * 0.2 * 12**0.5 * orthogonalized(weight.grad)
+    torch.testing.assert_close(weight.detach(), expected)
+    kernel = torch.nn.Parameter(torch.randn(8, 4, 3))  # flattened: one (8, 12) matrix
+    opt = MuonAdamW([{"params": [kernel], "weight_decay": 0.0, "muon": True, "flatten": True}], lr=0.1)
+    kernel.grad = weight.grad.view(8, 4, 3)
+    start = kernel.detach().clone()
+    opt.step()
+    torch.testing.assert_close(kernel.detach() - start, (expected - before * (1 - 0.1 * 0.5)).view(8, 4, 3))
+    rms = (weight.detach() - before * (1 - 0.05)).square().mean().sqrt()
+    assert 0.1 * 0.2 * 0.6 < rms < 0.1 * 0.2 * 1.25  # about an AdamW step's RMS (0.2 lr)
 
 
 def test_schedule_warmup_then_cosine_to_min_lr():

@@ -2,7 +2,8 @@
 
 `parameter_count(config)` is exact (it equals `OmLLM(config).num_parameters()`) and costs nothing
 whatever the sizes; `training_estimate` and `inference_estimate` add the rest (gradients, AdamW
-state, activations kept for backward) as a rough float32 upper bound; `check_fits` compares an
+state: two moments per parameter, more than Muon's one for most; activations kept for backward) as
+a rough float32 upper bound; `check_fits` compares an
 estimate with the memory the device has free and raises `OmUserError` with both numbers.
 """
 
@@ -82,7 +83,7 @@ class MemoryEstimate:
         if self.gradients:
             parts.append(f"gradients {format_bytes(self.gradients)}")
         if self.optimizer:
-            parts.append(f"AdamW state {format_bytes(self.optimizer)}")
+            parts.append(f"optimizer state {format_bytes(self.optimizer)}")
         parts.append(f"activations {format_bytes(self.activations)}")
         return f"about {format_bytes(self.total)} ({', '.join(parts)}) {self.what}"
 

@@ -177,7 +177,7 @@ class Trainer:
 
         torch.manual_seed(t.seed)
         self.model = OmLLM(self.config).to(self.device)
-        self.optimizer = make_optimizer(self.model, t.lr, t.weight_decay, tuple(t.betas), t.eps)
+        self.optimizer = make_optimizer(self.model, t.lr, t.weight_decay, tuple(t.betas), t.eps, t.optimizer)
         self.p = _Progress()
         self.last_val: tuple[int, dict] | None = None  # (step, eval result) of the latest evaluation
         self.carried: list[OmState | None] = [None] * t.grad_accum

@@ -105,7 +105,12 @@ class TrainSection(BaseModel):
     min_lr: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(100, ge=0)
     decay: Literal["cosine", "constant"] = "cosine"
-    weight_decay: float = Field(0.1, ge=0, description="AdamW decay on weight matrices (never norms, biases, initial states)")
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw",
+        description="adamw; or muon: Muon (orthogonalised momentum) for the hidden weight matrices and AdamW for the "
+        "embedding, norms, biases and initial states, at the same lr and schedule",
+    )
+    weight_decay: float = Field(0.1, ge=0, description="decoupled decay on weight matrices (never norms, biases, initial states)")
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(1e-8, gt=0)
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm (null: no clipping)")
