@@ -49,7 +49,7 @@ def test_muon_takes_the_hidden_matrices_only():
         assert total == len(list(model.parameters()))  # every parameter exactly once
 
 
-@pytest.mark.parametrize("shape", [(24, 40), (40, 24), (3, 16, 8)])
+@pytest.mark.parametrize("shape", [(24, 40), (40, 24), (3, 16, 8), (16, 48), (2, 48, 16)])
 def test_orthogonalized_flattens_singular_values_and_keeps_singular_vectors(shape):
     g = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     o = orthogonalized(g)
@@ -60,6 +60,15 @@ def test_orthogonalized_flattens_singular_values_and_keeps_singular_vectors(shap
     rotated = u.mT @ o @ vh.mT  # diagonal when o has g's singular vectors
     off_diagonal = rotated - torch.diag_embed(torch.diagonal(rotated, dim1=-2, dim2=-1))
     assert off_diagonal.abs().max() < 1e-6
+
+
+def test_newton_schulz_through_the_gram_matrix_gives_the_same_iterates():
+    from om.train.optim import _newton_schulz, _newton_schulz_by_gram
+
+    for shape in ((16, 48), (3, 8, 40), (12, 12)):
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        x = x / torch.linalg.matrix_norm(x, keepdim=True)
+        torch.testing.assert_close(_newton_schulz_by_gram(x, 5), _newton_schulz(x, 5), rtol=1e-9, atol=1e-12)
 
 
 def test_muon_adamw_is_torch_adamw_on_its_adamw_groups():

@@ -66,15 +66,37 @@ def orthogonalized(g: Tensor, steps: int = 5) -> Tensor:
     """g (..., m, n), one matrix or a stack -> the same shape, each matrix with about its singular
     vectors and singular values near 1 (a quintic Newton-Schulz iteration on g / |g|; it trades
     exactness for speed: the values land in roughly [0.7, 1.2], which is all Muon needs)."""
-    a, b, c = _NS_COEFFICIENTS
     x = g / (torch.linalg.matrix_norm(g, keepdim=True) + 1e-7)
     wide = x.shape[-2] <= x.shape[-1]
     if not wide:  # iterate on the side with fewer rows: x x^T is then the smaller Gram matrix
         x = x.mT
+    m, n = x.shape[-2:]
+    # Same iterates, fewer multiply-adds: steps (2 m^2 n + m^3) directly, 2 m^2 n + 4 m^3 steps
+    # through the Gram matrix, so the latter once n > 15 m / 8 (5 steps; an MLP's 128 x 512: 0.62x).
+    x = _newton_schulz_by_gram(x, steps) if 2 * (steps - 1) * n > 3 * steps * m else _newton_schulz(x, steps)
+    return x if wide else x.mT
+
+
+def _newton_schulz(x: Tensor, steps: int) -> Tensor:
+    """x (..., m, n), m <= n, |x| <= 1: x <- a x + (b A + c A^2) x with A = x x^T, `steps` times."""
+    a, b, c = _NS_COEFFICIENTS
     for _ in range(steps):
         gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return x if wide else x.mT
+    return x
+
+
+def _newton_schulz_by_gram(x: Tensor, steps: int) -> Tensor:
+    """`_newton_schulz` through (m, m) matrices only: every iterate is Q x for a polynomial Q in
+    G = x x^T, whose Gram matrix is Q G Q^T, and each step multiplies Q on the left by the same
+    polynomial of it as `_newton_schulz` applies to x."""
+    a, b, c = _NS_COEFFICIENTS
+    gram0 = x @ x.mT
+    q = torch.eye(x.shape[-2], dtype=x.dtype, device=x.device).expand_as(gram0)
+    for _ in range(steps):
+        gram = q @ gram0 @ q.mT
+        q = (a * q) + (b * gram + c * gram @ gram) @ q
+    return q @ x
 
 
 class MuonAdamW(torch.optim.Optimizer):
