@@ -131,6 +131,10 @@ VARIANTS = {
     # step-matched runs of 600 steps it reached 2.395 held-out bits/byte against AdamW's 2.542 (2.447 at
     # the same lr), for about 10% more time per step.
     "om-bytes-muon": dict(codec="bytes", model={"dropout": 0.1}, train=MUON),
+    # recipes/shakespeare-bytes.yaml's settings (om-bytes-long-memory) with Muon.
+    "om-bytes-long-memory-muon": dict(codec="bytes", model={"state_update": "residual"},
+                                      train={"state": "carry", "segments_per_sample": None,
+                                             "curriculum": [[0, 4], [1500, 8], [3000, 16]], **MUON}),
     "om-bytes-stem-4-muon": dict(codec="bytes", model={"stem_kernels": [4], "dropout": 0.1}, train=MUON),
     "om-bytes-patched-8-muon": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
                                                           "decoder_layers": 3, "dropout": 0.1},

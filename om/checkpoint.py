@@ -140,6 +140,10 @@ def load_optimizer_state(path: str | Path, optimizer: torch.optim.Optimizer) -> 
         with safe_open(str(file), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
+        saved, wanted = json.loads(metadata["om"]).get("optimizer"), type(optimizer).__name__
+        if saved is not None and saved != wanted:
+            raise OmUserError(f"{file}: optimizer state of {saved}, but this run's train.optimizer needs {wanted}; "
+                              "continue the checkpoint with the optimizer it was trained with")
         optimizer.load_state_dict(optimizer_from_tensors(tensors, metadata))
     except (SafetensorError, KeyError, ValueError, json.JSONDecodeError) as err:
         raise OmUserError(f"{file}: not a valid optimizer state ({_one_line(err)})") from None

