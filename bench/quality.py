@@ -33,7 +33,7 @@ from bench.report import load_text, machine, markdown_table, write_section
 WORK = CACHE / "quality"
 
 # The Om byte model and training of recipes/shakespeare-bytes.yaml before it took the long-memory
-# settings (row om-bytes; the recipe as it is now is row om-bytes-long-memory): the best of the short search in
+# settings (row om-bytes; the recipe as it is now is row om-bytes-long-memory-muon): the best of the short search in
 # bench/recipe_search.py (one memory pass, 32-byte segments, 4 segments per sample, lr 4e-3).
 OM_MODEL = dict(dim=128, n_layers=2, n_heads=4, dims_key=[32], dims_value=[32], mlp_ratio=4.0,
                 segment_len=32, state_len=8, stem_kernels=[2, 3, 4], positional="rope", dropout=0.0)
@@ -129,19 +129,20 @@ VARIANTS = {
                                                    train={"segments_per_sample": 2}),
     # Muon (om.train.optim.MuonAdamW) for the hidden matrices instead of AdamW, at twice the lr: in
     # step-matched runs of 600 steps it reached 2.395 held-out bits/byte against AdamW's 2.542 (2.447 at
-    # the same lr), for about 10% more time per step.
+    # the same lr), for about 1.2x the time per step on 2 cores (python -m bench.optimizer_step).
     "om-bytes-muon": dict(codec="bytes", model={"dropout": 0.1}, train=MUON),
     # recipes/shakespeare-bytes.yaml's settings (om-bytes-long-memory) with Muon.
     "om-bytes-long-memory-muon": dict(codec="bytes", model={"state_update": "residual"},
                                       train={"state": "carry", "segments_per_sample": None,
                                              "curriculum": [[0, 4], [1500, 8], [3000, 16]], **MUON}),
-    "om-bytes-stem-4-muon": dict(codec="bytes", model={"stem_kernels": [4], "dropout": 0.1}, train=MUON),
     "om-bytes-patched-8-muon": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
                                                           "decoder_layers": 3, "dropout": 0.1},
                                     train={"segments_per_sample": 2, **MUON}),
-    "om-bytes-patched-8-lean-2x2-muon": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
-                                                                   "decoder_layers": 2, "decoder_mlp_ratio": 2.0, "dropout": 0.1},
-                                             train={"segments_per_sample": 2, **MUON}),
+    # ... with the state carried across steps and the residual state update (what long-memory does for
+    # om-bytes-long-memory-muon), the samples kept at 2 segments of 16 patches.
+    "om-bytes-patched-8-carry-muon": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
+                                                                "decoder_layers": 3, "dropout": 0.1, "state_update": "residual"},
+                                          train={"segments_per_sample": 2, "state": "carry", **MUON}),
     # P=8 spending on the trunk, which runs once per 8 bytes (a layer there costs 1/8 of one at
     # byte level): 4 layers instead of 2, or layers twice as wide (trunk_dim 256).
     "om-bytes-patched-8-deep": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
