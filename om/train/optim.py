@@ -31,7 +31,7 @@ def param_groups(model: nn.Module, weight_decay: float, muon: bool = False) -> l
                 no_decay_ids.add(id(p))
             elif isinstance(module, nn.Embedding):
                 table_ids.add(id(p))
-            elif isinstance(module, nn.modules.conv._ConvNd):
+            elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 kernel_ids.add(id(p))
     matrices, kernels, decay, no_decay, seen = [], [], [], [], set()
     for p in model.parameters():
@@ -105,8 +105,9 @@ class MuonAdamW(torch.optim.Optimizer):
     Muon (Jordan et al. 2024): Nesterov momentum on the gradient, then the update of each matrix
     (out, in), of each matrix of a stack (H, out, in) or, in a group with "flatten": True, of each
     kernel (out, in, k) as one matrix (out, in * k), replaced by its orthogonalised form
-    (`orthogonalized`) and scaled by 0.2 sqrt(max(out, in)), which gives it about the RMS of an AdamW update at the same
-    lr (Liu et al. 2025, "Muon is scalable"), so one `lr` and schedule serve both kinds of groups.
+    (`orthogonalized`) and scaled by 0.2 sqrt(max(out, in)), which gives it about the RMS of an
+    AdamW update at the same lr (Liu et al. 2025, "Muon is scalable"), so one `lr` and schedule
+    serve both kinds of groups.
     Decoupled weight decay as AdamW: p <- p (1 - lr wd) - lr update.
     """
 
