@@ -3,8 +3,8 @@
 `parameter_count(config)` is exact (it equals `OmLLM(config).num_parameters()`) and costs nothing
 whatever the sizes; `training_estimate` and `inference_estimate` add the rest (gradients, AdamW
 state: two moments per parameter, more than Muon's one for most; activations kept for backward) as
-a rough float32 upper bound; `check_fits` compares an
-estimate with the memory the device has free and raises `OmUserError` with both numbers.
+a rough float32 upper bound; `check_fits` compares an estimate with the memory the device has free
+and raises `OmUserError` with both numbers.
 """
 
 from __future__ import annotations
