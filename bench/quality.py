@@ -143,6 +143,56 @@ VARIANTS = {
     "om-bytes-patched-8-carry-muon": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
                                                                 "decoder_layers": 3, "dropout": 0.1, "state_update": "residual"},
                                           train={"segments_per_sample": 2, "state": "carry", **MUON}),
+    # om-bytes-patched-8-muon trained for long streams as om-bytes-long-memory-muon is: state carried, the
+    # residual update, a backprop window growing from 2 to 4 to 8 segments of 128 bytes.
+    "om-bytes-patched-8-long-memory-muon": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
+                                                                      "decoder_layers": 3, "dropout": 0.1,
+                                                                      "state_update": "residual"},
+                                                train={"state": "carry", "segments_per_sample": None,
+                                                       "curriculum": [[0, 2], [1500, 4], [3000, 8]], **MUON}),
+    # P=4 (recipes/quickstart-patched.yaml's model: one dense width-4 convolution, 3 decoder blocks) with Muon.
+    "om-bytes-patched-4-muon": dict(codec="bytes", model={"patch_size": 4, "stem_kernels": [4], "decoder_layers": 3,
+                                                          "dropout": 0.1},
+                                    train={"segments_per_sample": 2, **MUON}),
+    # The comparison rows of om-bytes-muon (dropout 0.1, state reset every sample, Muon): the memory off
+    # (MLP widened to the same parameters) and SentencePiece-1024 tokens in place of bytes.
+    "om-bytes-memory-off-muon": dict(codec="bytes", model={"state_len": 0, "dropout": 0.1}, train=MUON),
+    "om-sentencepiece-1024-muon": dict(codec="sentencepiece", vocab_size=1024, model={"dropout": 0.1}, train=MUON),
+    # The two long-memory Muon rows at 1.5x their lr: whether Muon's lr (twice AdamW's) is too low.
+    "om-bytes-long-memory-muon-lr12": dict(codec="bytes", model={"state_update": "residual"},
+                                           train={"state": "carry", "segments_per_sample": None,
+                                                  "curriculum": [[0, 4], [1500, 8], [3000, 16]],
+                                                  **MUON, "lr": 1.2e-2, "min_lr": 1.2e-3}),
+    "om-bytes-patched-8-long-memory-muon-lr12": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16,
+                                                                           "stem_kernels": [8], "decoder_layers": 3,
+                                                                           "dropout": 0.1, "state_update": "residual"},
+                                                     train={"state": "carry", "segments_per_sample": None,
+                                                            "curriculum": [[0, 2], [1500, 4], [3000, 8]],
+                                                            **MUON, "lr": 1.2e-2, "min_lr": 1.2e-3}),
+    # P=2 with a light decoder (one block of 2 x dim), as SentencePiece-1024 puts 2.24 bytes in a position with
+    # no per-byte layers at all: the trunk does most of the work, the decoder only the byte after its context.
+    # recipes/shakespeare-bytes.yaml's long-memory settings, segments of 32 patches (64 bytes).
+    "om-bytes-patched-2-long-memory-muon": dict(codec="bytes", model={"patch_size": 2, "decoder_layers": 1,
+                                                                      "decoder_mlp_ratio": 2.0, "state_update": "residual"},
+                                                train={"state": "carry", "segments_per_sample": None,
+                                                       "curriculum": [[0, 2], [1500, 4], [3000, 8]], **MUON}),
+    # SentencePiece-1024 with recipes/shakespeare-bytes.yaml's long-memory settings (segments of 32 tokens, about 72 bytes).
+    "om-sentencepiece-1024-long-memory-muon": dict(codec="sentencepiece", vocab_size=1024, model={"state_update": "residual"},
+                                                   train={"state": "carry", "segments_per_sample": None,
+                                                          "curriculum": [[0, 4], [1500, 8], [3000, 16]], **MUON}),
+    # om-bytes-patched-8-long-memory-muon with 2 decoder blocks instead of 3: a third less of its cost per byte.
+    "om-bytes-patched-8-long-memory-muon-decoder-2": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16,
+                                                                                "stem_kernels": [8], "decoder_layers": 2,
+                                                                                "dropout": 0.1, "state_update": "residual"},
+                                                          train={"state": "carry", "segments_per_sample": None,
+                                                                 "curriculum": [[0, 2], [1500, 4], [3000, 8]], **MUON}),
+    # P=2 as close to SentencePiece-1024's cost per byte as patching gets: no stem (the encoder reads the two bytes'
+    # embeddings, a learned embedding of the pair) and a decoder of one block of 1 x dim; the trunk does the work.
+    "om-bytes-patched-2-no-stem-long-memory-muon": dict(codec="bytes", model={"patch_size": 2, "stem_kernels": [],
+                                                                              "decoder_layers": 1, "decoder_mlp_ratio": 1.0,
+                                                                              "state_update": "residual"},
+                                                        train={"state": "carry", "segments_per_sample": None,
+                                                               "curriculum": [[0, 2], [1500, 4], [3000, 8]], **MUON}),
     # P=8 spending on the trunk, which runs once per 8 bytes (a layer there costs 1/8 of one at
     # byte level): 4 layers instead of 2, or layers twice as wide (trunk_dim 256).
     "om-bytes-patched-8-deep": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
@@ -304,7 +354,7 @@ def main() -> None:
         vocab = json.loads((dataset / "meta.json").read_text())["vocab_size"]
         model = {**OM_MODEL, **variant["model"]}
         if variant["model"].get("state_len") == 0:
-            model = memory_off_model(OM_MODEL, vocab)
+            model = memory_off_model({**OM_MODEL, **{k: v for k, v in variant["model"].items() if k != "state_len"}}, vocab)
         train = {k: v for k, v in {**TRAIN, **variant.get("train", {})}.items() if v is not None}
         run_dir = train_om(name, dataset, model, args.minutes, train)
         report = eval_om(run_dir, val_txt)

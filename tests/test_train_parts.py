@@ -49,6 +49,17 @@ def test_muon_takes_the_hidden_matrices_only():
         assert total == len(list(model.parameters()))  # every parameter exactly once
 
 
+def test_muon_leaves_grouped_kernels_to_adamw():
+    # A depthwise stem's kernels are one filter per channel: not a matrix to orthogonalise.
+    model = OmLLM(OmConfig(vocab_size=257, dim=32, n_layers=1, n_heads=2, dims_key=[8], dims_value=[8], segment_len=8,
+                           state_len=4, stem_groups=32))
+    names = {id(p): n for n, p in model.named_parameters()}
+    matrices, kernels, decay, _ = param_groups(model, 0.1, muon=True)
+    assert kernels["params"] == []
+    assert {names[id(p)] for p in decay["params"]} == {"embed.weight"} | {f"stem.convs.{i}.weight" for i in range(3)}
+    assert not any(names[id(p)].startswith("stem") for p in matrices["params"])
+
+
 @pytest.mark.parametrize("shape", [(24, 40), (40, 24), (3, 16, 8), (16, 48), (2, 48, 16)])
 def test_orthogonalized_flattens_singular_values_and_keeps_singular_vectors(shape):
     g = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

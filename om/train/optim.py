@@ -18,21 +18,24 @@ def param_groups(model: nn.Module, weight_decay: float, muon: bool = False) -> l
 
     muon: two more groups first, with "muon": True, of the decayed parameters that are hidden weight
     matrices: Linear weights and stacks of per-head matrices (H, d, d'), then convolution kernels
-    (out, in, k) ("flatten": True: each is one matrix (out, in * k)); not embedding tables nor the
-    output head (`model.head`, where it has one: tied or not, it maps to the vocabulary)."""
+    (out, in, k) ("flatten": True: each is one matrix (out, in * k)); not embedding tables, grouped
+    convolutions' kernels nor the output head (`model.head`, where it has one: tied or not, it maps to
+    the vocabulary): those stay with AdamW."""
     norm_types = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.RMSNorm)
     no_decay_ids: set[int] = set()
     head = getattr(model, "head", None)
-    table_ids: set[int] = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+    adamw_ids: set[int] = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
     kernel_ids: set[int] = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if isinstance(module, norm_types) or name == "bias" or name == "initial_state" or p.ndim < 2:
                 no_decay_ids.add(id(p))
             elif isinstance(module, nn.Embedding):
-                table_ids.add(id(p))
+                adamw_ids.add(id(p))
             elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                kernel_ids.add(id(p))
+                # A grouped kernel (a depthwise stem's (D, 1, k)) is independent filters, one per group:
+                # flattened to one matrix, orthogonalising would couple them; AdamW steps them instead.
+                (kernel_ids if module.groups == 1 else adamw_ids).add(id(p))
     matrices, kernels, decay, no_decay, seen = [], [], [], [], set()
     for p in model.parameters():
         if id(p) in seen or not p.requires_grad:
@@ -40,7 +43,7 @@ def param_groups(model: nn.Module, weight_decay: float, muon: bool = False) -> l
         seen.add(id(p))
         if id(p) in no_decay_ids:
             no_decay.append(p)
-        elif muon and id(p) not in table_ids:
+        elif muon and id(p) not in adamw_ids:
             (kernels if id(p) in kernel_ids else matrices).append(p)
         else:
             decay.append(p)
