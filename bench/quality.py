@@ -193,6 +193,16 @@ VARIANTS = {
                                                                               "state_update": "residual"},
                                                         train={"state": "carry", "segments_per_sample": None,
                                                                "curriculum": [[0, 2], [1500, 4], [3000, 8]], **MUON}),
+    # om-bytes-long-memory-muon with segments of 64 bytes (half as many sequential segment steps, the same
+    # bytes per sample): whether fewer, larger steps through the layers buy bytes and quality.
+    "om-bytes-long-memory-muon-seg64": dict(codec="bytes", model={"state_update": "residual", "segment_len": 64},
+                                            train={"state": "carry", "segments_per_sample": None,
+                                                   "curriculum": [[0, 2], [1500, 4], [3000, 8]], **MUON}),
+    # ... with a depthwise stem (stem_groups = dim: D * 4 multiply-adds per byte instead of D^2 * 4; with Muon its
+    # kernels are stepped by AdamW).
+    "om-bytes-long-memory-muon-depthwise": dict(codec="bytes", model={"state_update": "residual", "stem_groups": 128},
+                                                train={"state": "carry", "segments_per_sample": None,
+                                                       "curriculum": [[0, 4], [1500, 8], [3000, 16]], **MUON}),
     # P=8 spending on the trunk, which runs once per 8 bytes (a layer there costs 1/8 of one at
     # byte level): 4 layers instead of 2, or layers twice as wide (trunk_dim 256).
     "om-bytes-patched-8-deep": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
