@@ -203,6 +203,10 @@ VARIANTS = {
     "om-bytes-long-memory-muon-depthwise": dict(codec="bytes", model={"state_update": "residual", "stem_groups": 128},
                                                 train={"state": "carry", "segments_per_sample": None,
                                                        "curriculum": [[0, 4], [1500, 8], [3000, 16]], **MUON}),
+    # The chars codec with the same settings (recipes/shakespeare-chars.yaml).
+    "om-chars-long-memory-muon": dict(codec="chars", model={"state_update": "residual"},
+                                      train={"state": "carry", "segments_per_sample": None,
+                                             "curriculum": [[0, 4], [1500, 8], [3000, 16]], **MUON}),
     # P=8 spending on the trunk, which runs once per 8 bytes (a layer there costs 1/8 of one at
     # byte level): 4 layers instead of 2, or layers twice as wide (trunk_dim 256).
     "om-bytes-patched-8-deep": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
