@@ -41,6 +41,12 @@ TRAIN = dict(micro_batch_size=16, grad_accum=1, segments_per_sample=4, state="re
              warmup_steps=50, weight_decay=0.1, grad_clip=1.0, precision="fp32", seed=0, log_every=20,
              eval_every=0, eval_tokens=32768, eval_batch=8, checkpoint_every=0, keep_last=1)
 MUON = dict(optimizer="muon", lr=8e-3, min_lr=8e-4)
+# Training for long streams (recipes/long-memory.yaml): state carried across steps, a backprop window
+# growing from 4 to 8 to 16 segments; LONG_MEMORY_HALF counts half as many, for segments twice as long.
+LONG_MEMORY = dict(state="carry", segments_per_sample=None, curriculum=[[0, 4], [1500, 8], [3000, 16]])
+LONG_MEMORY_HALF = dict(LONG_MEMORY, curriculum=[[0, 2], [1500, 4], [3000, 8]])
+# The patched rows' P=8 model: one dense width-8 convolution, 3 decoder blocks, segments of 16 patches (128 bytes).
+PATCHED_8 = dict(patch_size=8, segment_len=16, stem_kernels=[8], decoder_layers=3, dropout=0.1)
 
 VARIANTS = {
     "om-bytes": dict(codec="bytes", model={}),
@@ -50,8 +56,7 @@ VARIANTS = {
     # The long-horizon settings of recipes/long-memory.yaml: carried state, the residual update and
     # a backprop window growing from 4 to 8 to 16 segments.
     "om-bytes-long-memory": dict(codec="bytes", model={"state_update": "residual"},
-                                 train={"state": "carry", "segments_per_sample": None,
-                                        "curriculum": [[0, 4], [1500, 8], [3000, 16]]}),
+                                 train=LONG_MEMORY),
     # Patched (recipes/shakespeare-bytes-patched.yaml for P=4): the layers run once per patch of P
     # bytes, so segments hold segment_len * P bytes; a depthwise stem (stem_groups = dim) costs
     # almost nothing per byte. Samples stay 256 bytes long.
@@ -96,8 +101,7 @@ VARIANTS = {
                                        train={"segments_per_sample": 2}),
     # The best patched row (P=8, dense width-8 stem) with dropout, as om-bytes-dropout is: its
     # training loss ended 0.27 bits/byte below the held-out one without it.
-    "om-bytes-patched-8-dropout": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
-                                                             "decoder_layers": 3, "dropout": 0.1},
+    "om-bytes-patched-8-dropout": dict(codec="bytes", model=PATCHED_8,
                                        train={"segments_per_sample": 2}),
     # The decoder's first block attends among the rows that read one trunk context (MEGABYTE's local model, one
     # attention block); two MLP blocks instead of three keep the cost per byte about that of the row above.
@@ -133,23 +137,17 @@ VARIANTS = {
     "om-bytes-muon": dict(codec="bytes", model={"dropout": 0.1}, train=MUON),
     # recipes/shakespeare-bytes.yaml's settings (om-bytes-long-memory) with Muon.
     "om-bytes-long-memory-muon": dict(codec="bytes", model={"state_update": "residual"},
-                                      train={"state": "carry", "segments_per_sample": None,
-                                             "curriculum": [[0, 4], [1500, 8], [3000, 16]], **MUON}),
-    "om-bytes-patched-8-muon": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
-                                                          "decoder_layers": 3, "dropout": 0.1},
+                                      train={**LONG_MEMORY, **MUON}),
+    "om-bytes-patched-8-muon": dict(codec="bytes", model=PATCHED_8,
                                     train={"segments_per_sample": 2, **MUON}),
     # ... with the state carried across steps and the residual state update (what long-memory does for
     # om-bytes-long-memory-muon), the samples kept at 2 segments of 16 patches.
-    "om-bytes-patched-8-carry-muon": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
-                                                                "decoder_layers": 3, "dropout": 0.1, "state_update": "residual"},
+    "om-bytes-patched-8-carry-muon": dict(codec="bytes", model={**PATCHED_8, "state_update": "residual"},
                                           train={"segments_per_sample": 2, "state": "carry", **MUON}),
     # om-bytes-patched-8-muon trained for long streams as om-bytes-long-memory-muon is: state carried, the
     # residual update, a backprop window growing from 2 to 4 to 8 segments of 128 bytes.
-    "om-bytes-patched-8-long-memory-muon": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
-                                                                      "decoder_layers": 3, "dropout": 0.1,
-                                                                      "state_update": "residual"},
-                                                train={"state": "carry", "segments_per_sample": None,
-                                                       "curriculum": [[0, 2], [1500, 4], [3000, 8]], **MUON}),
+    "om-bytes-patched-8-long-memory-muon": dict(codec="bytes", model={**PATCHED_8, "state_update": "residual"},
+                                                train={**LONG_MEMORY_HALF, **MUON}),
     # P=4 (recipes/quickstart-patched.yaml's model: one dense width-4 convolution, 3 decoder blocks) with Muon.
     "om-bytes-patched-4-muon": dict(codec="bytes", model={"patch_size": 4, "stem_kernels": [4], "decoder_layers": 3,
                                                           "dropout": 0.1},
@@ -160,53 +158,39 @@ VARIANTS = {
     "om-sentencepiece-1024-muon": dict(codec="sentencepiece", vocab_size=1024, model={"dropout": 0.1}, train=MUON),
     # The two long-memory Muon rows at 1.5x their lr: whether Muon's lr (twice AdamW's) is too low.
     "om-bytes-long-memory-muon-lr12": dict(codec="bytes", model={"state_update": "residual"},
-                                           train={"state": "carry", "segments_per_sample": None,
-                                                  "curriculum": [[0, 4], [1500, 8], [3000, 16]],
-                                                  **MUON, "lr": 1.2e-2, "min_lr": 1.2e-3}),
-    "om-bytes-patched-8-long-memory-muon-lr12": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16,
-                                                                           "stem_kernels": [8], "decoder_layers": 3,
-                                                                           "dropout": 0.1, "state_update": "residual"},
-                                                     train={"state": "carry", "segments_per_sample": None,
-                                                            "curriculum": [[0, 2], [1500, 4], [3000, 8]],
-                                                            **MUON, "lr": 1.2e-2, "min_lr": 1.2e-3}),
+                                           train={**LONG_MEMORY, **MUON, "lr": 1.2e-2, "min_lr": 1.2e-3}),
+    "om-bytes-patched-8-long-memory-muon-lr12": dict(codec="bytes", model={**PATCHED_8, "state_update": "residual"},
+                                                     train={**LONG_MEMORY_HALF, **MUON, "lr": 1.2e-2, "min_lr": 1.2e-3}),
     # P=2 with a light decoder (one block of 2 x dim), as SentencePiece-1024 puts 2.24 bytes in a position with
     # no per-byte layers at all: the trunk does most of the work, the decoder only the byte after its context.
     # recipes/shakespeare-bytes.yaml's long-memory settings, segments of 32 patches (64 bytes).
     "om-bytes-patched-2-long-memory-muon": dict(codec="bytes", model={"patch_size": 2, "decoder_layers": 1,
                                                                       "decoder_mlp_ratio": 2.0, "state_update": "residual"},
-                                                train={"state": "carry", "segments_per_sample": None,
-                                                       "curriculum": [[0, 2], [1500, 4], [3000, 8]], **MUON}),
+                                                train={**LONG_MEMORY_HALF, **MUON}),
     # SentencePiece-1024 with recipes/shakespeare-bytes.yaml's long-memory settings (segments of 32 tokens, about 72 bytes).
     "om-sentencepiece-1024-long-memory-muon": dict(codec="sentencepiece", vocab_size=1024, model={"state_update": "residual"},
-                                                   train={"state": "carry", "segments_per_sample": None,
-                                                          "curriculum": [[0, 4], [1500, 8], [3000, 16]], **MUON}),
+                                                   train={**LONG_MEMORY, **MUON}),
     # om-bytes-patched-8-long-memory-muon with 2 decoder blocks instead of 3: a third less of its cost per byte.
-    "om-bytes-patched-8-long-memory-muon-decoder-2": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16,
-                                                                                "stem_kernels": [8], "decoder_layers": 2,
-                                                                                "dropout": 0.1, "state_update": "residual"},
-                                                          train={"state": "carry", "segments_per_sample": None,
-                                                                 "curriculum": [[0, 2], [1500, 4], [3000, 8]], **MUON}),
+    "om-bytes-patched-8-long-memory-muon-decoder-2": dict(codec="bytes", model={**PATCHED_8, "decoder_layers": 2,
+                                                                                "state_update": "residual"},
+                                                          train={**LONG_MEMORY_HALF, **MUON}),
     # P=2 as close to SentencePiece-1024's cost per byte as patching gets: no stem (the encoder reads the two bytes'
     # embeddings, a learned embedding of the pair) and a decoder of one block of 1 x dim; the trunk does the work.
     "om-bytes-patched-2-no-stem-long-memory-muon": dict(codec="bytes", model={"patch_size": 2, "stem_kernels": [],
                                                                               "decoder_layers": 1, "decoder_mlp_ratio": 1.0,
                                                                               "state_update": "residual"},
-                                                        train={"state": "carry", "segments_per_sample": None,
-                                                               "curriculum": [[0, 2], [1500, 4], [3000, 8]], **MUON}),
+                                                        train={**LONG_MEMORY_HALF, **MUON}),
     # om-bytes-long-memory-muon with segments of 64 bytes (half as many sequential segment steps, the same
     # bytes per sample): whether fewer, larger steps through the layers buy bytes and quality.
     "om-bytes-long-memory-muon-seg64": dict(codec="bytes", model={"state_update": "residual", "segment_len": 64},
-                                            train={"state": "carry", "segments_per_sample": None,
-                                                   "curriculum": [[0, 2], [1500, 4], [3000, 8]], **MUON}),
+                                            train={**LONG_MEMORY_HALF, **MUON}),
     # ... with a depthwise stem (stem_groups = dim: D * 4 multiply-adds per byte instead of D^2 * 4; with Muon its
     # kernels are stepped by AdamW).
     "om-bytes-long-memory-muon-depthwise": dict(codec="bytes", model={"state_update": "residual", "stem_groups": 128},
-                                                train={"state": "carry", "segments_per_sample": None,
-                                                       "curriculum": [[0, 4], [1500, 8], [3000, 16]], **MUON}),
+                                                train={**LONG_MEMORY, **MUON}),
     # The chars codec with the same settings (recipes/shakespeare-chars.yaml).
     "om-chars-long-memory-muon": dict(codec="chars", model={"state_update": "residual"},
-                                      train={"state": "carry", "segments_per_sample": None,
-                                             "curriculum": [[0, 4], [1500, 8], [3000, 16]], **MUON}),
+                                      train={**LONG_MEMORY, **MUON}),
     # P=8 spending on the trunk, which runs once per 8 bytes (a layer there costs 1/8 of one at
     # byte level): 4 layers instead of 2, or layers twice as wide (trunk_dim 256).
     "om-bytes-patched-8-deep": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
@@ -221,8 +205,7 @@ VARIANTS = {
     # scores the held-out plays as one stream of about 4,000 segments of 128 bytes.
     "om-bytes-patched-4-long-memory": dict(codec="bytes", model={"patch_size": 4, "stem_kernels": [4], "decoder_layers": 3,
                                                                  "state_update": "residual", "dropout": 0.1},
-                                           train={"state": "carry", "segments_per_sample": None,
-                                                  "curriculum": [[0, 4], [1500, 8], [3000, 16]]}),
+                                           train=LONG_MEMORY),
     # Unpatched with one width-4 convolution instead of widths 2, 3 and 4: the same functions (a sum
     # of causal convolutions is one convolution of the widest width) for 4/9 of the stem's multiply-adds.
     "om-bytes-stem-4": dict(codec="bytes", model={"stem_kernels": [4]}),
