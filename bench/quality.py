@@ -47,6 +47,10 @@ LONG_MEMORY = dict(state="carry", segments_per_sample=None, curriculum=[[0, 4], 
 LONG_MEMORY_HALF = dict(LONG_MEMORY, curriculum=[[0, 2], [1500, 4], [3000, 8]])
 # The patched rows' P=8 model: one dense width-8 convolution, 3 decoder blocks, segments of 16 patches (128 bytes).
 PATCHED_8 = dict(patch_size=8, segment_len=16, stem_kernels=[8], decoder_layers=3, dropout=0.1)
+# Hashed n-gram embeddings (om/model/ngram.py) of sizes 3 to 8, as BLT's byte encoder has: 8192 rows of each table.
+NGRAMS = dict(ngram_sizes=[3, 4, 5, 6, 7, 8], ngram_buckets=8192)
+# ... and smaller: sizes 3 to 5, 2048 rows each (0.8M parameters against 6.3M).
+NGRAMS_SMALL = dict(ngram_sizes=[3, 4, 5], ngram_buckets=2048)
 
 VARIANTS = {
     "om-bytes": dict(codec="bytes", model={}),
@@ -191,6 +195,24 @@ VARIANTS = {
     # The chars codec with the same settings (recipes/shakespeare-chars.yaml).
     "om-chars-long-memory-muon": dict(codec="chars", model={"state_update": "residual"},
                                       train={**LONG_MEMORY, **MUON}),
+    # The two long-memory Muon rows (unpatched and patched P=8) with hashed n-gram embeddings: each byte's
+    # embedding gains a learned vector for each of the 3- to 8-grams ending at it, for a few integer operations
+    # and a gathered sum per byte.
+    "om-bytes-long-memory-muon-ngram": dict(codec="bytes", model={"state_update": "residual", **NGRAMS},
+                                            train={**LONG_MEMORY, **MUON}),
+    "om-bytes-long-memory-muon-ngram-small": dict(codec="bytes", model={"state_update": "residual", **NGRAMS_SMALL},
+                                                  train={**LONG_MEMORY, **MUON}),
+    "om-bytes-long-memory-muon-ngram-2-6": dict(codec="bytes", model={"state_update": "residual", "ngram_sizes": [2, 3, 4, 5, 6],
+                                                                      "ngram_buckets": 2048},
+                                                train={**LONG_MEMORY, **MUON}),
+    "om-bytes-long-memory-muon-ngram-4096": dict(codec="bytes", model={"state_update": "residual", **NGRAMS_SMALL,
+                                                                       "ngram_buckets": 4096},
+                                                 train={**LONG_MEMORY, **MUON}),
+    "om-bytes-patched-8-long-memory-muon-ngram-small": dict(codec="bytes", model={**PATCHED_8, "state_update": "residual",
+                                                                                  **NGRAMS_SMALL},
+                                                            train={**LONG_MEMORY_HALF, **MUON}),
+    "om-bytes-patched-8-long-memory-muon-ngram": dict(codec="bytes", model={**PATCHED_8, "state_update": "residual", **NGRAMS},
+                                                      train={**LONG_MEMORY_HALF, **MUON}),
     # P=8 spending on the trunk, which runs once per 8 bytes (a layer there costs 1/8 of one at
     # byte level): 4 layers instead of 2, or layers twice as wide (trunk_dim 256).
     "om-bytes-patched-8-deep": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],

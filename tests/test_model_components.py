@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from om import ARC, ARCformer, CoPE, OmConfig, OmLLM, RoPEEmbeddings
 from om.model.attention import causal_attention, resolve_backend
+from om.model.ngram import ngram_rows
 from om.model.sizing import parameter_count
 from tests.model_helpers import run_chunks, tiny_config, tiny_model
 
@@ -388,6 +389,7 @@ def test_checkpoints_of_the_old_layout_still_load(overrides):
         {"patch_size": 2, "decoder_layers": 0, "state_len": 0},
         {"patch_size": 4, "decoder_layers": 3, "decoder_mlp_ratio": 0.5},
         {"patch_size": 4, "decoder_layers": 1, "decoder_attention": True},
+        {"ngram_sizes": [3, 4, 6], "ngram_buckets": 100},
     ],
 )
 def test_parameter_count_matches_the_built_model(overrides):
@@ -469,3 +471,21 @@ def test_stem_equals_the_sum_of_its_convolutions(groups):
     assert torch.equal(next_tail, torch.cat((tail, x), dim=1)[:, -4:])
     y.square().sum().backward()
     assert all(conv.weight.grad.abs().sum() > 0 and conv.bias.grad.abs().sum() > 0 for conv in stem.convs)
+
+
+def test_ngram_rows_depend_on_exactly_the_last_n_ids():
+    sizes, tail = [2, 4], torch.full((1, 3), -1)
+    a = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    b = a.clone()
+    b[0, 2] = 99
+    changed = (ngram_rows(a, tail, sizes, 1000) != ngram_rows(b, tail, sizes, 1000))[0]  # (T, sizes)
+    assert changed[:, 0].tolist() == [False, False, True, True, False, False]  # the 2-grams ending at t = 2, 3
+    assert changed[:, 1].tolist() == [False, False, True, True, True, True]  # the 4-grams ending at t = 2..5
+    # "Before the stream" (-1) is not byte 0: the first 2-gram differs.
+    assert ngram_rows(a, torch.zeros_like(tail), sizes, 1000)[0, 0, 0] != ngram_rows(a, tail, sizes, 1000)[0, 0, 0]
+
+
+def test_ngram_hash_is_pinned():
+    """Checkpoints' n-gram tables are indexed by this hash: changing it silently breaks every one."""
+    rows = ngram_rows(torch.tensor([[0, 255, 10, 32]]), torch.full((1, 2), -1), [1, 3], 8192)
+    assert rows.tolist() == [[[7311, 14461], [3840, 13668], [6693, 11634], [3695, 14816]]]

@@ -26,6 +26,9 @@ CONFIGS = {
     "patched-2-wide-trunk": dict(patch_size=2, trunk_dim=48),
     "patched-4-lean-decoder": dict(patch_size=4, stem_kernels=[4], decoder_layers=2, decoder_mlp_ratio=0.5),
     "patched-4-local-attention": dict(patch_size=4, decoder_attention=True, decoder_layers=1),
+    "ngram": dict(ngram_sizes=[2, 3, 5], ngram_buckets=64),
+    "ngram-tail-longer-than-a-segment": dict(ngram_sizes=[1, 11], ngram_buckets=16, stem_kernels=[]),
+    "patched-3-ngram": dict(patch_size=3, ngram_sizes=[3, 6], ngram_buckets=32, stem_kernels=[3]),
     # One pass without CoPE: whole segments at inference take ARC.segments_batched.
     "one-pass": dict(dims_key=[8], dims_value=[6]),
     "one-pass-aligned-gated": dict(dims_key=[8], dims_value=[8], state_positions="aligned", state_update="gated"),
@@ -74,7 +77,7 @@ def test_one_token_at_a_time_equals_one_call(name):
     assert (whole - stepped).abs().max().item() <= 1e-4
 
 
-@pytest.mark.parametrize("name", ["rope+cope", "patched-3-depthwise-stem"])
+@pytest.mark.parametrize("name", ["rope+cope", "patched-3-depthwise-stem", "patched-3-ngram"])
 def test_streaming_continues_from_a_saved_state_dict(name):
     model = MODELS[name]
     tokens = torch.randint(0, model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(2))

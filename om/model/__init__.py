@@ -1,5 +1,5 @@
-"""The Om model and nothing else: config, positional encodings, attention, stem, ARC/ARCformer,
-state, `OmLLM`, the next-token loss, and parameter/memory sizing.
+"""The Om model and nothing else: config, positional encodings, attention, stem, hashed n-gram
+embeddings, ARC/ARCformer, state, `OmLLM`, the next-token loss, and parameter/memory sizing.
 
 Everything that uses a model (checkpoints, evaluation, sampling, context caches, training) lives
 outside this package.
@@ -10,6 +10,7 @@ from om.model.attention import causal_attention
 from om.model.config import OmConfig
 from om.model.llm import OmLLM
 from om.model.loss import next_token_loss
+from om.model.ngram import HashedNgramEmbedding
 from om.model.positional import CoPE, RoPEEmbeddings
 from om.model.state import OmState
 from om.model.stem import CausalConvStem
@@ -20,6 +21,7 @@ __all__ = [
     "ARCformer",
     "CausalConvStem",
     "CoPE",
+    "HashedNgramEmbedding",
     "OmConfig",
     "OmLLM",
     "OmState",

@@ -44,6 +44,10 @@ class OmConfig(BaseModel):
     stem_kernels: list[int] = Field(default_factory=lambda: [2, 3, 4], description="causal conv stem kernel widths ([] disables the stem)")
     stem_groups: int = Field(1, ge=1, description="groups of each stem convolution: 1 is dense (D*D*k multiply-adds per "
                              "token), dim is depthwise (D*k); dim must be a multiple of it")
+    ngram_sizes: list[int] = Field(default_factory=list, description="hashed n-gram embeddings (om/model/ngram.py): for each "
+                                   "size n, a learned vector for the last n tokens, found by hashing their ids into a table of "
+                                   "ngram_buckets rows and added to the token's embedding ([] turns them off)")
+    ngram_buckets: int = Field(8192, ge=1, description="rows of each hashed n-gram table (ngram_sizes only)")
     patch_size: int = Field(1, ge=1, description="tokens per trunk position: with P > 1 the ARC layers run once per "
                             "patch of P tokens and a local decoder predicts each token (see om/model/patching.py); "
                             "segment_len and state_len then count patches")
@@ -90,6 +94,8 @@ class OmConfig(BaseModel):
                     raise ValueError(f"dims_key entry {d} leaves no pair of dims to rotate with rope_fraction={self.rope_fraction}")
         if any(k < 1 for k in self.stem_kernels):
             raise ValueError(f"stem_kernels must be >= 1, got {self.stem_kernels}")
+        if any(n < 1 for n in self.ngram_sizes) or len(set(self.ngram_sizes)) != len(self.ngram_sizes):
+            raise ValueError(f"ngram_sizes must be distinct sizes >= 1, got {self.ngram_sizes}")
         if self.trunk_dim is not None and self.patch_size == 1:
             raise ValueError("trunk_dim needs patch_size > 1 (unpatched, the layers have width dim)")
         if self.decoder_mlp_ratio is not None and self.patch_size == 1:

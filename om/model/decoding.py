@@ -75,7 +75,9 @@ class IncrementalDecoder:
         self.stem_tail = state.stem_tail
         self.stem_weight, self.stem_bias = _stem_matrix(model.stem)
         self.stem_table = None
-        if self.stem_weight is not None and ref.numel() * max(model.stem.kernels) * ref.element_size() <= STEM_TABLE_BYTES:
+        self.token_tail = state.token_tail
+        # With n-gram embeddings a token's stem input is not a function of its id alone: no table.
+        if self.stem_weight is not None and model.ngram is None and ref.numel() * max(model.stem.kernels) * ref.element_size() <= STEM_TABLE_BYTES:
             self._stem_by_table(model.embed.weight)
         self.rotations = _rotations(first, ref) if first.rope else None
         self.patch_tail, self.context = state.patch_tail, state.context
@@ -147,6 +149,9 @@ class IncrementalDecoder:
             x = self._stem_step(tokens)
         else:
             x = F.embedding(tokens, model.embed.weight)  # (B, D)
+            if model.ngram is not None:
+                grams, self.token_tail = model.ngram(tokens.unsqueeze(1), self.token_tail)
+                x = x + grams[:, 0]
             if self.stem_weight is not None:
                 window = torch.cat((self.stem_tail, x.unsqueeze(1)), dim=1)  # (B, max(k), D), oldest first
                 x = torch.addmm(self.stem_bias, window.flatten(1), self.stem_weight).add_(x)
@@ -269,7 +274,8 @@ class IncrementalDecoder:
             caches = [tuple((k[:, :, : self.rows].clone(), v[:, :, : self.rows].clone()) for k, v in zip(ks, vs))
                       for ks, vs in zip(self.keys, self.values)]
         return OmState(list(self.layer_states), caches, self._current_stem_tail().clone(), self.offset,
-                       None if self.patch_tail is None else self.patch_tail.clone(), self.context)
+                       None if self.patch_tail is None else self.patch_tail.clone(), self.context,
+                       None if self.token_tail is None else self.token_tail.clone())
 
     def select(self, rows: Tensor | list[int]) -> None:
         index = torch.as_tensor(rows, dtype=torch.long, device=self.stem_tail.device)
@@ -282,6 +288,8 @@ class IncrementalDecoder:
         if getattr(self, "state_qkv", None):
             self.state_qkv = [tuple(map(pick, rows)) for rows in self.state_qkv]
         self.stem_tail = pick(self._current_stem_tail())
+        if self.token_tail is not None:
+            self.token_tail = pick(self.token_tail)
         if self.stem_table is not None:
             self.stem_ahead, self.recent = pick(self.stem_ahead), []
         if self.patch_tail is not None:

@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from om.model.arc import ARCformer
 from om.model.config import OmConfig
 from om.model.loss import next_token_loss
+from om.model.ngram import HashedNgramEmbedding
 from om.model.patching import PatchCodec
 from om.model.pretrained import PretrainedMixin
 from om.model.state import OmState
@@ -53,6 +54,7 @@ class OmLLM(PretrainedMixin, nn.Module):
         super().__init__()
         self.config = c = config
         self.embed = nn.Embedding(c.padded_vocab_size, c.dim)
+        self.ngram = HashedNgramEmbedding(c.dim, c.ngram_sizes, c.ngram_buckets) if c.ngram_sizes else None
         self.stem = CausalConvStem(c.dim, c.stem_kernels, c.stem_groups)
         self.patch = PatchCodec(c) if c.patch_size > 1 else None
         self.layers = nn.ModuleList(ARCformer(c.trunk_config()) for _ in range(c.n_layers))
@@ -101,6 +103,7 @@ class OmLLM(PretrainedMixin, nn.Module):
             offset=0,
             patch_tail=weight.new_zeros(batch_size, c.patch_size - 1, c.dim) if patched else None,
             context=self.patch.start.unsqueeze(0).expand(batch_size, -1) if patched else None,
+            token_tail=self.ngram.initial_tail(batch_size, weight.device) if self.ngram is not None else None,
         )
 
     def forward(self, tokens: Tensor, state: OmState | None = None) -> tuple[Tensor, OmState]:
@@ -111,7 +114,11 @@ class OmLLM(PretrainedMixin, nn.Module):
             state = self.init_state(B)
         elif state.batch_size != B:
             raise ValueError(f"state has batch size {state.batch_size} but tokens have {B}")
-        x, stem_tail = self.stem(self.embed(tokens), state.stem_tail)
+        x, token_tail = self.embed(tokens), None
+        if self.ngram is not None:
+            grams, token_tail = self.ngram(tokens, state.token_tail)
+            x = x + grams
+        x, stem_tail = self.stem(x, state.stem_tail)
         layer_states, caches = list(state.layer_states), list(state.caches)
         if self.patch is None:
             h = self._trunk(x, layer_states, caches, state.offset)
@@ -120,7 +127,7 @@ class OmLLM(PretrainedMixin, nn.Module):
             h, patch_tail, context = self._patched(x, state, layer_states, caches)
         # Only the real vocabulary's rows of the (padded) head: no logits computed to be cut off and copied.
         logits = F.linear(self.norm(h), self.head.weight[: self.config.vocab_size])
-        return logits, OmState(layer_states, caches, stem_tail, state.offset + T, patch_tail, context)
+        return logits, OmState(layer_states, caches, stem_tail, state.offset + T, patch_tail, context, token_tail)
 
     def _patched(self, x: Tensor, state: OmState, layer_states: list, caches: list) -> tuple[Tensor, Tensor, Tensor]:
         """Stem features x (B, T, D) of a patched model -> decoder features (B, T, D), the next patch

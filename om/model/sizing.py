@@ -24,6 +24,7 @@ def parameter_count(c: OmConfig) -> int:
     embed = c.padded_vocab_size * D
     head = 0 if c.tie_embeddings else c.padded_vocab_size * D
     stem = sum(D * D // c.stem_groups * k + D for k in c.stem_kernels)
+    stem += len(c.ngram_sizes) * c.ngram_buckets * D  # hashed n-gram tables
     patching = 0
     if c.patch_size > 1:  # encoder, start context, context norm and projection, phases, decoder blocks
         P, W = c.patch_size, c.layer_dim

@@ -22,6 +22,8 @@ class OmState:
     patch_tail, context: only with `patch_size` P > 1 (else None): (B, P-1, D) the stem features of
         the last P-1 tokens (the first offset % P of the current patch are read from its end), and
         (B, D) the decoder's context, the normalised trunk output after the last complete patch.
+    token_tail: only with `ngram_sizes` (else None): (B, max(n)-1) int64, the last token ids read
+        (-1 before the stream), so the hashed n-gram embedding continues exactly.
 
     Its size never depends on `offset`.
     """
@@ -32,6 +34,7 @@ class OmState:
     offset: int = 0
     patch_tail: Tensor | None = None
     context: Tensor | None = None
+    token_tail: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -39,7 +42,7 @@ class OmState:
 
     def tensors(self) -> list[Tensor]:
         out = list(self.layer_states) + [self.stem_tail]
-        out += [t for t in (self.patch_tail, self.context) if t is not None]
+        out += [t for t in (self.patch_tail, self.context, self.token_tail) if t is not None]
         for cache in self.caches:
             for k, v in cache or ():
                 out += [k, v]
@@ -56,13 +59,14 @@ class OmState:
             offset=self.offset,
             patch_tail=None if self.patch_tail is None else fn(self.patch_tail),
             context=None if self.context is None else fn(self.context),
+            token_tail=None if self.token_tail is None else fn(self.token_tail),
         )
 
     def detach(self) -> "OmState":
         return self._map(lambda t: t.detach())
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "OmState":
-        return self._map(lambda t: t.to(device=device, dtype=dtype))
+        return self._map(lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else None))
 
     def select(self, rows: Tensor | list[int]) -> "OmState":
         """Keep only the given batch rows."""
@@ -85,6 +89,7 @@ class OmState:
             offset=0,
             patch_tail=None if fresh.patch_tail is None else pick(fresh.patch_tail, self.patch_tail),
             context=None if fresh.context is None else pick(fresh.context, self.context),
+            token_tail=None if fresh.token_tail is None else pick(fresh.token_tail, self.token_tail),
         )
 
     def to_dict(self) -> dict[str, Tensor]:
@@ -93,7 +98,7 @@ class OmState:
             "offset": torch.tensor([self.offset], dtype=torch.int64),
             "stem_tail": self.stem_tail,
         }
-        for name in ("patch_tail", "context"):
+        for name in ("patch_tail", "context", "token_tail"):
             if getattr(self, name) is not None:
                 d[name] = getattr(self, name)
         for i, s in enumerate(self.layer_states):
@@ -116,6 +121,6 @@ class OmState:
                     cache.append((d[f"layers.{i}.cache.{p}.k"], d[f"layers.{i}.cache.{p}.v"]))
                     p += 1
                 caches.append(tuple(cache) if cache else None)
-            return cls(layer_states, caches, d["stem_tail"], offset, d.get("patch_tail"), d.get("context"))
+            return cls(layer_states, caches, d["stem_tail"], offset, d.get("patch_tail"), d.get("context"), d.get("token_tail"))
         except (KeyError, ValueError, IndexError) as err:
             raise ValueError(f"not a valid Om state dict: {err}") from None

@@ -1,0 +1,65 @@
+"""Hashed n-gram embeddings: a learned vector for each n-gram of tokens ending at a position.
+
+The embedding of one token says nothing of its neighbours, and the convolutional stem only mixes
+neighbouring embeddings linearly, so "the n-gram ending here is ' the'" must be worked out by the
+layers, once per byte. A hashed n-gram embedding (as BLT's byte encoder has) looks it up instead:
+for each size n it hashes the last n token ids into one of `buckets` rows of a table of its own and
+adds that row to the token's embedding. It costs a few integer operations and one gathered sum per
+token, nothing that grows with the model's width squared.
+
+The hash is part of a checkpoint's meaning (the tables are indexed by it), so it is fixed here and
+never depends on the platform: over int64, with the ids shifted by one so that "before the stream"
+(-1 in the tail) hashes as 0,
+
+    h_1 = id_t + 1,  h_n = (h_{n-1} * MULTIPLIER + id_{t-n+1} + 1) mod MODULUS,
+    row of size n = (h_n * MIXER mod MODULUS) mod buckets.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MODULUS = 2**31 - 1  # prime; every product below stays under 2^62
+MULTIPLIER = 1_000_003
+MIXER = 48_271
+
+
+def ngram_rows(tokens: Tensor, tail: Tensor, sizes: list[int], buckets: int) -> Tensor:
+    """tokens (B, T) int64 after tail (B, max(sizes) - 1) int64 (-1 before the stream) ->
+    (B, T, len(sizes)) int64 rows of the stacked tables: size sizes[i] indexes rows i*buckets.. ."""
+    K, T = tail.shape[1] + 1, tokens.shape[1]
+    ids = torch.cat((tail, tokens), dim=1) + 1  # (B, K - 1 + T)
+    h = torch.zeros_like(tokens)
+    rows = []
+    for n in range(1, max(sizes) + 1):
+        h = (h * MULTIPLIER + ids[:, K - n : K - n + T]) % MODULUS
+        if n in sizes:
+            rows.append((h * MIXER) % MODULUS % buckets + sizes.index(n) * buckets)
+    return torch.stack(rows, dim=-1)
+
+
+class HashedNgramEmbedding(nn.Module):
+    """The summed n-gram vectors of each position: one table of `buckets` rows of width `dim` per size.
+
+    `forward(tokens, tail) -> (x, next_tail)`: tokens (B, T) int64, tail (B, max(sizes) - 1) int64, the
+    ids read before them (-1 before the stream starts) -> x (B, T, dim), next_tail (B, max(sizes) - 1).
+    Position t depends on ids t - max(sizes) + 1 .. t only.
+    """
+
+    def __init__(self, dim: int, sizes: list[int], buckets: int):
+        super().__init__()
+        self.sizes, self.buckets = sorted(sizes), buckets
+        self.tail_len = max(self.sizes) - 1
+        self.table = nn.Embedding(len(self.sizes) * buckets, dim)
+
+    def initial_tail(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
+        return torch.full((batch_size, self.tail_len), -1, dtype=torch.int64, device=device)
+
+    def forward(self, tokens: Tensor, tail: Tensor) -> tuple[Tensor, Tensor]:
+        B, T = tokens.shape
+        rows = ngram_rows(tokens, tail, self.sizes, self.buckets)
+        x = F.embedding_bag(rows.view(B * T, -1), self.table.weight, mode="sum").view(B, T, -1)
+        next_tail = torch.cat((tail, tokens), dim=1)[:, T:] if self.tail_len else tail
+        return x, next_tail
