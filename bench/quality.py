@@ -208,6 +208,15 @@ VARIANTS = {
     "om-bytes-long-memory-muon-ngram-4096": dict(codec="bytes", model={"state_update": "residual", **NGRAMS_SMALL,
                                                                        "ngram_buckets": 4096},
                                                  train={**LONG_MEMORY, **MUON}),
+    # Sizes 3 to 5 with 8192 rows each: whether the bigger tables or the longer n-grams made om-bytes-long-memory-muon-ngram worse.
+    "om-bytes-long-memory-muon-ngram-8192": dict(codec="bytes", model={"state_update": "residual", **NGRAMS_SMALL,
+                                                                       "ngram_buckets": 8192},
+                                                 train={**LONG_MEMORY, **MUON}),
+    # SentencePiece-1024 with hashed 2- and 3-grams of its pieces (about 4.5 and 6.7 bytes): whether the tokenizer gains as much.
+    "om-sentencepiece-1024-long-memory-muon-ngram": dict(codec="sentencepiece", vocab_size=1024,
+                                                         model={"state_update": "residual", "ngram_sizes": [2, 3],
+                                                                "ngram_buckets": 4096},
+                                                         train={**LONG_MEMORY, **MUON}),
     "om-bytes-patched-8-long-memory-muon-ngram-small": dict(codec="bytes", model={**PATCHED_8, "state_update": "residual",
                                                                                   **NGRAMS_SMALL},
                                                             train={**LONG_MEMORY_HALF, **MUON}),
