@@ -78,9 +78,12 @@ def sample_rate(model: OmLLM, n: int) -> float:
 
 def weight_matrices(model: OmLLM) -> list[torch.Tensor]:
     """Every weight of the model as 2-D matrices (out, in): Linear and conv weights, per-head pass
-    matrices one per head, the embedding (tied with the head) once."""
+    matrices one per head, the embedding (tied with the head) once. Not hashed n-gram tables: a step
+    reads one row of each, not the table."""
     out = []
     for name, p in model.named_parameters():
+        if name.startswith("ngram."):
+            continue
         if p.dim() == 2 and "initial_state" not in name and "pos_emb" not in name:
             out.append(p.detach())
         elif p.dim() == 3 and "pass_weights" in name:  # (H, d_in, width)

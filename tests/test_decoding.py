@@ -48,7 +48,8 @@ def test_decoder_equals_forward(name, start):
     assert_states_equal(whole_state, decoder.state())
 
 
-@pytest.mark.parametrize("name", ["rope", "patched-3-depthwise-stem", "three-passes", "patched-4-local-attention"])
+@pytest.mark.parametrize("name", ["rope", "patched-3-depthwise-stem", "three-passes", "patched-4-local-attention", "ngram",
+                                  "patched-3-ngram"])
 def test_exported_state_continues_like_the_decoder(name):
     """state() mid-segment (and mid-patch) is a copy: forward from it matches the decoder going on."""
     model = MODELS[name]
@@ -63,7 +64,7 @@ def test_exported_state_continues_like_the_decoder(name):
     assert torch.equal(expected, again)
 
 
-@pytest.mark.parametrize("name", ["rope", "patched-2"])
+@pytest.mark.parametrize("name", ["rope", "patched-2", "ngram"])
 def test_select_keeps_rows(name):
     model = MODELS[name]
     tokens = torch.randint(0, model.config.vocab_size, (3, 27), generator=torch.Generator().manual_seed(5))

@@ -489,3 +489,29 @@ def test_ngram_hash_is_pinned():
     """Checkpoints' n-gram tables are indexed by this hash: changing it silently breaks every one."""
     rows = ngram_rows(torch.tensor([[0, 255, 10, 32]]), torch.full((1, 2), -1), [1, 3], 8192)
     assert rows.tolist() == [[[7311, 14461], [3840, 13668], [6693, 11634], [3695, 14816]]]
+
+
+def test_ngram_rows_equal_the_recursive_hash_up_to_the_largest_allowed_ids():
+    """The matmul form stays exact in int64 wherever OmConfig allows it (max n * (vocab + 1) < 2^32)."""
+    from om.model.ngram import MIXER, MODULUS, MULTIPLIER
+
+    sizes, vocab = [1, 7, 16], 2**32 // 16 - 2
+    tiny_config(vocab_size=vocab, ngram_sizes=sizes)  # allowed
+    with pytest.raises(ValidationError):
+        tiny_config(vocab_size=vocab + 1, ngram_sizes=sizes)
+    tokens = torch.tensor([[vocab - 1] * 12 + [0, 5, vocab - 2] * 4])
+    tail = torch.full((1, 15), -1)
+    rows = ngram_rows(tokens, tail, sizes, 1000)
+    ids = [-1] * 15 + tokens[0].tolist()
+    for t in range(tokens.shape[1]):
+        for i, n in enumerate(sizes):
+            h = 0
+            for k in range(n):  # newest first: h_k = h_{k-1} * MULTIPLIER + id_{t-k+1} + 1 (om/model/ngram.py)
+                h = (h * MULTIPLIER + ids[15 + t - k] + 1) % MODULUS
+            assert rows[0, t, i].item() == h * MIXER % MODULUS % 1000 + i * 1000, (t, n)
+
+
+@pytest.mark.parametrize("sizes", [[3, 3], [0, 2]])
+def test_ngram_sizes_must_be_distinct_and_positive(sizes):
+    with pytest.raises(ValidationError):
+        tiny_config(ngram_sizes=sizes)

@@ -96,6 +96,9 @@ class OmConfig(BaseModel):
             raise ValueError(f"stem_kernels must be >= 1, got {self.stem_kernels}")
         if any(n < 1 for n in self.ngram_sizes) or len(set(self.ngram_sizes)) != len(self.ngram_sizes):
             raise ValueError(f"ngram_sizes must be distinct sizes >= 1, got {self.ngram_sizes}")
+        if self.ngram_sizes and max(self.ngram_sizes) * (self.vocab_size + 1) >= 2**32:
+            raise ValueError(f"ngram_sizes up to {max(self.ngram_sizes)} over a vocabulary of {self.vocab_size}: the hash "
+                             "needs max(ngram_sizes) * (vocab_size + 1) < 2^32")
         if self.trunk_dim is not None and self.patch_size == 1:
             raise ValueError("trunk_dim needs patch_size > 1 (unpatched, the layers have width dim)")
         if self.decoder_mlp_ratio is not None and self.patch_size == 1:

@@ -77,7 +77,8 @@ class IncrementalDecoder:
         self.stem_table = None
         self.token_tail = state.token_tail
         # With n-gram embeddings a token's stem input is not a function of its id alone: no table.
-        if self.stem_weight is not None and model.ngram is None and ref.numel() * max(model.stem.kernels) * ref.element_size() <= STEM_TABLE_BYTES:
+        table_bytes = ref.numel() * max(model.stem.kernels, default=1) * ref.element_size()
+        if self.stem_weight is not None and model.ngram is None and table_bytes <= STEM_TABLE_BYTES:
             self._stem_by_table(model.embed.weight)
         self.rotations = _rotations(first, ref) if first.rope else None
         self.patch_tail, self.context = state.patch_tail, state.context

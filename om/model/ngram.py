@@ -17,27 +17,38 @@ never depends on the platform: over int64, with the ids shifted by one so that "
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MODULUS = 2**31 - 1  # prime; every product below stays under 2^62
+MODULUS = 2**31 - 1  # prime
 MULTIPLIER = 1_000_003
 MIXER = 48_271
 
 
 def ngram_rows(tokens: Tensor, tail: Tensor, sizes: list[int], buckets: int) -> Tensor:
     """tokens (B, T) int64 after tail (B, max(sizes) - 1) int64 (-1 before the stream) ->
-    (B, T, len(sizes)) int64 rows of the stacked tables: size sizes[i] indexes rows i*buckets.. ."""
-    K, T = tail.shape[1] + 1, tokens.shape[1]
-    ids = torch.cat((tail, tokens), dim=1) + 1  # (B, K - 1 + T)
-    h = torch.zeros_like(tokens)
-    rows = []
-    for n in range(1, max(sizes) + 1):
-        h = (h * MULTIPLIER + ids[:, K - n : K - n + T]) % MODULUS
-        if n in sizes:
-            rows.append((h * MIXER) % MODULUS % buckets + sizes.index(n) * buckets)
-    return torch.stack(rows, dim=-1)
+    (B, T, len(sizes)) int64 rows of the stacked tables: size sizes[i] indexes rows i*buckets.. .
+
+    h_n unrolled is sum_j (id_{t-j} + 1) * MULTIPLIER^(n-1-j) mod MODULUS, so all sizes come from one
+    integer matmul of each window of the last max(sizes) ids with a (max(sizes), len(sizes)) table of
+    those powers (exact in int64 while max(sizes) * (vocab + 1) < 2^32, which OmConfig checks)."""
+    K = tail.shape[1] + 1
+    windows = (torch.cat((tail, tokens), dim=1) + 1).unfold(1, K, 1)  # (B, T, K), oldest first
+    h = windows @ _powers(tuple(sizes), K, tokens.device) % MODULUS
+    return h * MIXER % MODULUS % buckets + torch.arange(len(sizes), device=tokens.device) * buckets
+
+
+@functools.lru_cache(maxsize=64)
+def _powers(sizes: tuple[int, ...], K: int, device: torch.device) -> Tensor:
+    """(K, len(sizes)) int64: [K-1-j, i] = MULTIPLIER^(sizes[i]-1-j) mod MODULUS for j < sizes[i], else 0."""
+    table = torch.zeros(K, len(sizes), dtype=torch.int64)
+    for i, n in enumerate(sizes):
+        for j in range(n):
+            table[K - 1 - j, i] = pow(MULTIPLIER, n - 1 - j, MODULUS)
+    return table.to(device)
 
 
 class HashedNgramEmbedding(nn.Module):
