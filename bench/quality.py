@@ -217,6 +217,10 @@ VARIANTS = {
                                                          model={"state_update": "residual", "ngram_sizes": [2, 3],
                                                                 "ngram_buckets": 4096},
                                                          train={**LONG_MEMORY, **MUON}),
+    # recipes/shakespeare-chars.yaml with the bytes recipe's n-gram embeddings (3- to 5-grams, 8192 rows).
+    "om-chars-long-memory-muon-ngram": dict(codec="chars", model={"state_update": "residual", **NGRAMS_SMALL,
+                                                                  "ngram_buckets": 8192},
+                                            train={**LONG_MEMORY, **MUON}),
     "om-bytes-patched-8-long-memory-muon-ngram-small": dict(codec="bytes", model={**PATCHED_8, "state_update": "residual",
                                                                                   **NGRAMS_SMALL},
                                                             train={**LONG_MEMORY_HALF, **MUON}),
