@@ -146,3 +146,15 @@ def test_layer_major_equals_segment_by_segment(name, paths, monkeypatch):
             del model.layer_major
     assert (fast - slow).abs().max().item() <= 1e-4
     assert_states_equal(fast_state, slow_state)
+
+
+def test_a_state_cast_to_another_float_type_keeps_its_token_ids():
+    model = MODELS["ngram"]
+    tokens = torch.randint(0, model.config.vocab_size, (2, 19), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole, _ = model(tokens)
+        _, state = model(tokens[:, :11])
+        cast = state.to(dtype=torch.float64).to(dtype=torch.float32)
+        rest, _ = model(tokens[:, 11:], cast)
+    assert cast.token_tail.dtype == torch.int64 and torch.equal(cast.token_tail, state.token_tail)
+    assert (whole[:, 11:] - rest).abs().max().item() <= 1e-4

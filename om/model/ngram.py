@@ -37,18 +37,19 @@ def ngram_rows(tokens: Tensor, tail: Tensor, sizes: list[int], buckets: int) -> 
     those powers (exact in int64 while max(sizes) * (vocab + 1) < 2^32, which OmConfig checks)."""
     K = tail.shape[1] + 1
     windows = (torch.cat((tail, tokens), dim=1) + 1).unfold(1, K, 1)  # (B, T, K), oldest first
-    h = windows @ _powers(tuple(sizes), K, tokens.device) % MODULUS
-    return h * MIXER % MODULUS % buckets + torch.arange(len(sizes), device=tokens.device) * buckets
+    powers, first_rows = _constants(tuple(sizes), K, buckets, tokens.device)
+    return (windows @ powers % MODULUS) * MIXER % MODULUS % buckets + first_rows
 
 
 @functools.lru_cache(maxsize=64)
-def _powers(sizes: tuple[int, ...], K: int, device: torch.device) -> Tensor:
-    """(K, len(sizes)) int64: [K-1-j, i] = MULTIPLIER^(sizes[i]-1-j) mod MODULUS for j < sizes[i], else 0."""
-    table = torch.zeros(K, len(sizes), dtype=torch.int64)
+def _constants(sizes: tuple[int, ...], K: int, buckets: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(K, len(sizes)) int64 powers, [K-1-j, i] = MULTIPLIER^(sizes[i]-1-j) mod MODULUS for j < sizes[i]
+    else 0, and (len(sizes),) the first row of each size's table, i * buckets: built once, not per token."""
+    powers = torch.zeros(K, len(sizes), dtype=torch.int64)
     for i, n in enumerate(sizes):
         for j in range(n):
-            table[K - 1 - j, i] = pow(MULTIPLIER, n - 1 - j, MODULUS)
-    return table.to(device)
+            powers[K - 1 - j, i] = pow(MULTIPLIER, n - 1 - j, MODULUS)
+    return powers.to(device), torch.arange(len(sizes), device=device) * buckets
 
 
 class HashedNgramEmbedding(nn.Module):
