@@ -35,7 +35,7 @@ from om.sampling import generate
 MODELS = {
     "reference (5.7M)": dict(dim=256, n_layers=4, segment_len=128, state_len=16),
     "headline (Shakespeare)": dict(OM_MODEL),
-    # recipes/shakespeare-bytes.yaml's hashed 3- to 5-gram embeddings: the stem then runs by matmul, not by table.
+    # recipes/shakespeare-bytes.yaml's hashed 3- to 5-gram embeddings (the decoder adds their vector through the stem by one matmul).
     "headline + n-grams 3-5": dict(OM_MODEL, ngram_sizes=[3, 4, 5], ngram_buckets=8192),
     "headline, patched P=4": dict(OM_MODEL, patch_size=4, stem_groups=OM_MODEL["dim"]),
 }

@@ -102,7 +102,30 @@ def test_rows_take_the_fast_path():
     assert calls == {"rope": 2 * 3, "one-pass": 0, "cope": 3 * MODELS["cope"].config.segment_len}
 
 
-@pytest.mark.parametrize("name", ["one-pass", "wide-stem", "patched-3-depthwise-stem", "one-wide-stem"])
+@pytest.mark.parametrize("name", ["ngram", "patched-3-ngram"])
+@pytest.mark.parametrize("python_rows", [0, 2, 8])
+def test_ngram_rows_by_python_and_by_tensor_ops_agree_with_forward(name, python_rows, monkeypatch):
+    """At batch <= NGRAM_PYTHON_ROWS the decoder hashes n-grams in Python integers, else by tensor
+    ops; with 2, selecting 2 of 3 rows moves it from one to the other mid-stream."""
+    import om.model.decoding as decoding
+
+    monkeypatch.setattr(decoding, "NGRAM_PYTHON_ROWS", python_rows)
+    model = MODELS[name]
+    tokens = torch.randint(0, model.config.vocab_size, (3, 29), generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        whole, whole_state = model(tokens)
+        decoder = IncrementalDecoder(model, model.init_state(3))
+        for t in range(12):
+            decoder.step(tokens[:, t])
+        assert (decoder.tail_ids is not None) == (python_rows >= 3)
+        decoder.select([2, 0])
+        assert (decoder.tail_ids is not None) == (python_rows >= 2)
+        got = torch.stack([decoder.step(tokens[[2, 0], t]) for t in range(12, 29)], dim=1)
+    assert (whole[[2, 0], 12:] - got).abs().max().item() <= 1e-4
+    assert torch.equal(decoder.state().token_tail, whole_state.token_tail[[2, 0]])
+
+
+@pytest.mark.parametrize("name", ["one-pass", "wide-stem", "patched-3-depthwise-stem", "one-wide-stem", "ngram", "patched-3-ngram"])
 def test_stem_by_table_and_by_matmul_agree_with_forward(name, monkeypatch):
     """The decoder's stem runs by table lookup for small vocabularies and as one matmul otherwise: both
     equal the forward pass, and so does the stem tail they export mid-stream."""

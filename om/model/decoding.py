@@ -9,6 +9,8 @@ This decoder computes the same function with far fewer ops:
 - a segment row's query and key turn (RoPE) by one matmul with a precomputed matrix per position;
 - the stem is a lookup of one precomputed row per token and lag (`_stem_by_table`), or for large
   vocabularies one matmul over its window of the last max(k) inputs (weights gathered by lag);
+- hashed n-gram rows are computed in Python integers at small batch (`ngram_rows_stepped`); with a
+  stem table, the summed n-gram vector goes through the stem by one matmul added to the token's rows;
 - a patched model's context projections are computed once per patch, not once per token;
 - the matrices a row goes through are copied once, transposed to (in, out) and contiguous: at batch
   1 `torch.mm` on that layout took about half the time of `F.linear` on the module's (out, in)
@@ -31,11 +33,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from om.model.attention import causal_bias
+from om.model.ngram import ngram_rows, ngram_rows_stepped
 from om.model.state import OmState
 
 # The stem runs by table lookup (`IncrementalDecoder._stem_by_table`) when its table, vocabulary x
 # max(k) x D numbers, takes at most this much memory (bytes: 320 x 4 x 128 floats = 0.66 MB).
 STEM_TABLE_BYTES = 64 * 2**20
+# Up to this many rows the n-gram rows are hashed in Python integers, one row at a time; above it by
+# `ngram_rows`' tensor ops (about 40 us at any small batch, where Python takes about 3 us per row).
+NGRAM_PYTHON_ROWS = 8
 
 
 class IncrementalDecoder:
@@ -75,10 +81,11 @@ class IncrementalDecoder:
         self.stem_tail = state.stem_tail
         self.stem_weight, self.stem_bias = _stem_matrix(model.stem)
         self.stem_table = None
-        self.token_tail = state.token_tail
-        # With n-gram embeddings a token's stem input is not a function of its id alone: no table.
+        self.ngram = model.ngram
+        self.ngram_table = None if self.ngram is None else self.ngram.table.weight.detach()
+        self._set_token_tail(state.token_tail)
         table_bytes = ref.numel() * max(model.stem.kernels, default=1) * ref.element_size()
-        if self.stem_weight is not None and model.ngram is None and table_bytes <= STEM_TABLE_BYTES:
+        if self.stem_weight is not None and table_bytes <= STEM_TABLE_BYTES:
             self._stem_by_table(model.embed.weight)
         self.rotations = _rotations(first, ref) if first.rope else None
         self.patch_tail, self.context = state.patch_tail, state.context
@@ -115,12 +122,18 @@ class IncrementalDecoder:
         """The stem as lookups: token id t contributes row j of stem_table[t] (K, D) to the stem
         output j tokens later (row 0 also holds its embedding and the biases), so one step adds K
         rows instead of a (K * D, D) matmul. `stem_ahead` (B, K - 1, D): what the tokens already
-        read add to the next K - 1 outputs; `recent`: the last K - 1 token ids, for `state()`."""
+        read add to the next K - 1 outputs; `recent`: the last K - 1 steps' token ids (with n-grams,
+        their `_ngram_rows`), for `state()`. A token's n-gram vector g (D,) adds g @ ngram_by_lag
+        (D, K * D), the same K rows for it: a table row per n-gram row would take seconds to build."""
         K, D = self.stem_tail.shape[1] + 1, embed.shape[1]
         by_lag = self.stem_weight.view(K, D, D).flip(0)  # [j]: the weight of the input j tokens back
         table = torch.einsum("vd,jde->vje", embed, by_lag)
         table[:, 0] += embed + self.stem_bias
         self.stem_table = table.reshape(embed.shape[0], K * D)
+        if self.ngram is not None:
+            by_lag = by_lag.clone()
+            by_lag[0] += torch.eye(D, dtype=by_lag.dtype, device=by_lag.device)  # the stem's residual
+            self.ngram_by_lag = by_lag.permute(1, 0, 2).reshape(D, K * D)
         tail = self.stem_tail.to(embed.dtype)
         ahead = [tail[:, j:].flatten(1) @ self.stem_weight[: (K - 1 - j) * D] for j in range(K - 1)]
         self.stem_ahead = torch.stack(ahead, dim=1) if ahead else tail
@@ -128,20 +141,59 @@ class IncrementalDecoder:
 
     def _stem_step(self, tokens: Tensor) -> Tensor:
         """Stem output (B, D) for one new token per row, by table (see `_stem_by_table`)."""
-        rows = F.embedding(tokens, self.stem_table).view(self.batch_size, -1, self.stem_ahead.shape[-1])
-        K = rows.shape[1]
-        rows[:, : K - 1] += self.stem_ahead
-        self.stem_ahead = rows[:, 1:]
+        rows = tokens
+        summed = F.embedding(tokens, self.stem_table)
+        if self.ngram is not None:
+            rows = self._ngram_rows(tokens)
+            summed = torch.addmm(summed, self._ngram_vectors(rows), self.ngram_by_lag)
+        summed = summed.view(self.batch_size, -1, self.stem_ahead.shape[-1])
+        K = summed.shape[1]
+        summed[:, : K - 1] += self.stem_ahead
+        self.stem_ahead = summed[:, 1:]
         if K > 1:
-            self.recent = (self.recent + [tokens.clone()])[-(K - 1) :]
-        return rows[:, 0]
+            self.recent = (self.recent + [rows if self.ngram is not None else tokens.clone()])[-(K - 1) :]  # rows: fresh
+        return summed[:, 0]
 
     def _current_stem_tail(self) -> Tensor:
         """(B, max(k) - 1, D): the stem tail at the current position (the table path keeps ids, not embeddings)."""
         if self.stem_table is None or not self.recent:
             return self.stem_tail
-        read = F.embedding(torch.stack(self.recent, dim=1), self.model.embed.weight)
+        rows = torch.stack(self.recent, dim=1)  # (B, r) token ids or (B, r, 1 + len(sizes)) ids and n-gram rows
+        embed = self.model.embed.weight
+        if self.ngram is None:
+            read = F.embedding(rows, embed)
+        else:
+            read = F.embedding(rows[..., 0], embed) + self._ngram_vectors(rows)
         return torch.cat((self.stem_tail, read), dim=1)[:, read.shape[1] :]
+
+    def _set_token_tail(self, tail: Tensor | None) -> None:
+        """Keep an n-gram model's token tail (B, max(n) - 1): as Python lists at small batch, else as is."""
+        self.token_tail, self.tail_ids = tail, None
+        if tail is not None and self.batch_size <= NGRAM_PYTHON_ROWS:
+            self.token_tail, self.tail_ids = None, tail.tolist()
+
+    def _current_token_tail(self) -> Tensor | None:
+        if self.tail_ids is None:
+            return self.token_tail
+        tail = torch.tensor(self.tail_ids, dtype=torch.int64, device=self.model.embed.weight.device)
+        return tail.view(len(self.tail_ids), self.ngram.tail_len)
+
+    def _ngram_vectors(self, rows: Tensor) -> Tensor:
+        """(..., 1 + len(sizes)) ids and n-gram rows (`_ngram_rows`) -> (..., D) summed n-gram vectors
+        (`F.embedding` and a sum: at batch 1 half the time of `F.embedding_bag`)."""
+        return F.embedding(rows[..., 1:], self.ngram_table).sum(-2)
+
+    def _ngram_rows(self, tokens: Tensor) -> Tensor:
+        """(B, 1 + len(sizes)) int64: each token's id, then its rows in the stacked n-gram tables;
+        the token tail moves on by the tokens."""
+        sizes, buckets = self.ngram.sizes, self.ngram.buckets
+        if self.tail_ids is not None:
+            ids = tokens.tolist()
+            rows = ngram_rows_stepped(self.tail_ids, ids, sizes, buckets)
+            return torch.tensor([[i, *row] for i, row in zip(ids, rows)], device=tokens.device)
+        grams = ngram_rows(tokens.unsqueeze(1), self.token_tail, sizes, buckets)[:, 0]
+        self.token_tail = torch.cat((self.token_tail, tokens.unsqueeze(1)), dim=1)[:, 1:]
+        return torch.cat((tokens.unsqueeze(1), grams), dim=1)
 
     # ---------------------------------------------------------------------------------------------
     def step(self, tokens: Tensor) -> Tensor:
@@ -150,9 +202,8 @@ class IncrementalDecoder:
             x = self._stem_step(tokens)
         else:
             x = F.embedding(tokens, model.embed.weight)  # (B, D)
-            if model.ngram is not None:
-                grams, self.token_tail = model.ngram(tokens.unsqueeze(1), self.token_tail)
-                x = x + grams[:, 0]
+            if self.ngram is not None:
+                x = x + self._ngram_vectors(self._ngram_rows(tokens))
             if self.stem_weight is not None:
                 window = torch.cat((self.stem_tail, x.unsqueeze(1)), dim=1)  # (B, max(k), D), oldest first
                 x = torch.addmm(self.stem_bias, window.flatten(1), self.stem_weight).add_(x)
@@ -276,7 +327,7 @@ class IncrementalDecoder:
                       for ks, vs in zip(self.keys, self.values)]
         return OmState(list(self.layer_states), caches, self._current_stem_tail().clone(), self.offset,
                        None if self.patch_tail is None else self.patch_tail.clone(), self.context,
-                       None if self.token_tail is None else self.token_tail.clone())
+                       None if self.ngram is None else self._current_token_tail().clone())
 
     def select(self, rows: Tensor | list[int]) -> None:
         index = torch.as_tensor(rows, dtype=torch.long, device=self.stem_tail.device)
@@ -289,8 +340,8 @@ class IncrementalDecoder:
         if getattr(self, "state_qkv", None):
             self.state_qkv = [tuple(map(pick, rows)) for rows in self.state_qkv]
         self.stem_tail = pick(self._current_stem_tail())
-        if self.token_tail is not None:
-            self.token_tail = pick(self.token_tail)
+        if self.ngram is not None:
+            self._set_token_tail(pick(self._current_token_tail()))
         if self.stem_table is not None:
             self.stem_ahead, self.recent = pick(self.stem_ahead), []
         if self.patch_tail is not None:
