@@ -6,8 +6,13 @@ MLP -> residual), LayerNorm, tied head. It sees at most `context` bytes: evaluat
 window over the stream with stride context/2, so every scored byte has at least context/2 of
 history (the first window scores all of its bytes).
 
-`PlainTransformer(vocab_size, dim, n_layers, n_heads, context, mlp_ratio)`:
-forward(tokens (B, T <= context)) -> logits (B, T, vocab_size).
+With `ngram_sizes`, each byte's embedding also gains Om's hashed n-gram embeddings
+(`om.model.ngram`), so that Om with them is compared with a baseline that has them too; a training
+window's first bytes hash with "before the stream" as their older ids, as a window scored in
+`stream_nll` does not (it passes the bytes before it).
+
+`PlainTransformer(vocab_size, dim, n_layers, n_heads, context, mlp_ratio, ngram_sizes, ngram_buckets)`:
+forward(tokens (B, T <= context), tail (B, max(ngram_sizes) - 1) or None) -> logits (B, T, vocab_size).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from om.model.ngram import HashedNgramEmbedding
 
 
 class Block(nn.Module):
@@ -40,13 +47,16 @@ class Block(nn.Module):
 
 
 class PlainTransformer(nn.Module):
-    """tokens (B, T) int64 with T <= context -> logits (B, T, vocab_size)."""
+    """tokens (B, T) int64 with T <= context, and with n-grams the ids before them (B, max(n) - 1)
+    (-1 before the stream; None: all -1) -> logits (B, T, vocab_size)."""
 
-    def __init__(self, vocab_size: int, dim: int, n_layers: int, n_heads: int, context: int, mlp_ratio: float = 4.0):
+    def __init__(self, vocab_size: int, dim: int, n_layers: int, n_heads: int, context: int, mlp_ratio: float = 4.0,
+                 ngram_sizes: list[int] = (), ngram_buckets: int = 8192):
         super().__init__()
         self.vocab_size, self.context = vocab_size, context
         padded = (vocab_size + 63) // 64 * 64
         self.embed = nn.Embedding(padded, dim)
+        self.ngram = HashedNgramEmbedding(dim, list(ngram_sizes), ngram_buckets) if ngram_sizes else None
         self.positions = nn.Embedding(context, dim)
         self.blocks = nn.ModuleList(Block(dim, n_heads, mlp_ratio) for _ in range(n_layers))
         self.norm = nn.LayerNorm(dim)
@@ -62,9 +72,11 @@ class PlainTransformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        T = tokens.shape[1]
+    def forward(self, tokens: Tensor, tail: Tensor | None = None) -> Tensor:
+        B, T = tokens.shape
         x = self.embed(tokens) + self.positions(torch.arange(T, device=tokens.device))
+        if self.ngram is not None:
+            x = x + self.ngram(tokens, self.ngram.initial_tail(B, tokens.device) if tail is None else tail)[0]
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))[..., : self.vocab_size]
@@ -83,7 +95,11 @@ class PlainTransformer(nn.Module):
         while scored_to < n:
             end = min(start + self.context + 1, n)
             window = ids[start:end].unsqueeze(0)
-            logp = torch.log_softmax(self(window[:, :-1]).float(), dim=-1)
+            tail = None
+            if self.ngram is not None:  # the ids before the window, -1 before the stream
+                before = ids[max(0, start - self.ngram.tail_len) : start]
+                tail = torch.cat((torch.full((self.ngram.tail_len - before.numel(),), -1), before)).unsqueeze(0)
+            logp = torch.log_softmax(self(window[:, :-1], tail).float(), dim=-1)
             targets = window[:, 1:]
             nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)[0]
             first_new = scored_to - (start + 1)

@@ -224,6 +224,15 @@ VARIANTS = {
     "om-bytes-patched-8-long-memory-muon-ngram-small": dict(codec="bytes", model={**PATCHED_8, "state_update": "residual",
                                                                                   **NGRAMS_SMALL},
                                                             train={**LONG_MEMORY_HALF, **MUON}),
+    # The patched recipe's model spending more on its trunk, which runs once per 8 bytes (a trunk layer
+    # costs 1/8 of a byte-level one per byte): 4 layers instead of 2, or layers twice as wide.
+    "om-bytes-patched-8-long-memory-muon-ngram-small-deep": dict(codec="bytes", model={**PATCHED_8, "state_update": "residual",
+                                                                                       **NGRAMS_SMALL, "n_layers": 4},
+                                                                 train={**LONG_MEMORY_HALF, **MUON}),
+    "om-bytes-patched-8-long-memory-muon-ngram-small-wide": dict(codec="bytes", model={**PATCHED_8, "state_update": "residual",
+                                                                                       **NGRAMS_SMALL, "trunk_dim": 256,
+                                                                                       "dims_key": [64], "dims_value": [64]},
+                                                                 train={**LONG_MEMORY_HALF, **MUON}),
     "om-bytes-patched-8-long-memory-muon-ngram": dict(codec="bytes", model={**PATCHED_8, "state_update": "residual", **NGRAMS},
                                                       train={**LONG_MEMORY_HALF, **MUON}),
     # P=8 spending on the trunk, which runs once per 8 bytes (a layer there costs 1/8 of one at
@@ -319,9 +328,10 @@ def eval_om(run_dir: Path, val_txt: Path) -> dict:
     return json.loads(out.stdout)
 
 
-def train_plain(dataset: Path, minutes: float, val_txt: Path, optimizer: dict | None = None) -> dict:
+def train_plain(dataset: Path, minutes: float, val_txt: Path, optimizer: dict | None = None, ngrams: dict | None = None) -> dict:
     """The plain Transformer with Om's training settings (same batches, optimizer and schedule);
-    optimizer: TRAIN's optimizer, lr and min_lr replaced (MUON)."""
+    optimizer: TRAIN's optimizer, lr and min_lr replaced (MUON); ngrams: its hashed n-gram
+    embeddings (`ngram_sizes`, `ngram_buckets`), none if None."""
     from bench.plain_transformer import PlainTransformer
     from om.data import open_dataset
     from om.train.batches import BatchSampler
@@ -332,7 +342,7 @@ def train_plain(dataset: Path, minutes: float, val_txt: Path, optimizer: dict | 
     context = OM_MODEL["segment_len"] * TRAIN["segments_per_sample"]
     torch.manual_seed(TRAIN["seed"])
     m = OM_MODEL
-    model = PlainTransformer(ds.codec.vocab_size, m["dim"], m["n_layers"], m["n_heads"], context, m["mlp_ratio"])
+    model = PlainTransformer(ds.codec.vocab_size, m["dim"], m["n_layers"], m["n_heads"], context, m["mlp_ratio"], **(ngrams or {}))
     sampler = BatchSampler(ds.split("train"), context, TRAIN["micro_batch_size"], 1, TRAIN["seed"], "reset")
     t = {"optimizer": "adamw", **TRAIN, **(optimizer or {})}
     optimizer = make_optimizer(model, t["lr"], t["weight_decay"], (0.9, 0.95), 1e-8, t["optimizer"])
@@ -395,10 +405,13 @@ def main() -> None:
                          "train_bytes": last.get("bytes"), "steps": last.get("step"), "model": model,
                          "train": variant.get("train", {}), "measured": _now()}
         results_file.write_text(json.dumps(results, indent=2))
-    for name, optimizer in (("plain", None), ("plain-muon", MUON)):
+    # The last with the n-gram embeddings of recipes/shakespeare-bytes.yaml (3- to 5-grams, 8192 rows).
+    for name, optimizer, ngrams in (("plain", None, None), ("plain-muon", MUON, None),
+                                    ("plain-muon-ngram", MUON, {**NGRAMS_SMALL, "ngram_buckets": 8192})):
         if name in wanted:
-            row = train_plain(prepared("bytes", None, train_txt), args.minutes, val_txt, optimizer)
-            results[name.replace("plain", "plain-transformer")] = {**row, "train": optimizer or {}, "measured": _now()}
+            row = train_plain(prepared("bytes", None, train_txt), args.minutes, val_txt, optimizer, ngrams)
+            results[name.replace("plain", "plain-transformer")] = {**row, "train": optimizer or {}, "model": ngrams or {},
+                                                                   "measured": _now()}
             results_file.write_text(json.dumps(results, indent=2))
     if "compressors" in wanted:
         for name, bpb in bits_per_byte(val_txt).items():
@@ -426,8 +439,8 @@ def main() -> None:
             + "\n\nRows that change the Om model or training (everything else as above):\n\n"
             + "\n".join(f"- {name}: model `{VARIANTS[name]['model']}`, training `{VARIANTS[name].get('train', {})}`"
                         for name in results if VARIANTS.get(name, {}).get("model") or VARIANTS.get(name, {}).get("train"))
-            + "".join(f"\n- {name}: training `{r['train']}`" for name, r in results.items()
-                      if name.startswith("plain-transformer") and r.get("train"))
+            + "".join(f"\n- {name}: training `{r['train']}`" + (f", model `{r['model']}`" if r.get("model") else "")
+                      for name, r in results.items() if name.startswith("plain-transformer") and r.get("train"))
         )
         write_section("quality", body)
 
