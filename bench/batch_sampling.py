@@ -5,7 +5,7 @@ batch-1 decoding of patched vs unpatched Om.
 
 Models: random init, bytes codec (speed does not depend on the weights): the reference byte
 model (dim 256, 4 layers, L 128, S 16) and the Shakespeare headline model (bench/quality.py
-OM_MODEL), that model patched (P=4, depthwise stem: bench/quality.py's om-bytes-patched-4).
+OM_MODEL), that model with the recipe's hashed n-gram embeddings, that model patched (P=4, depthwise stem: bench/quality.py's om-bytes-patched-4).
 Every generation runs to exactly --bytes bytes (temperature 1, seed 0, the separator never
 ends it). "separate": --samples calls of `om.sampling.generate`, one after another, in one
 process (no start-up cost counted); "batched": one `om.sampling.generate_many` call. The two alternate --repeats times and each keeps its
@@ -28,6 +28,8 @@ from om.sampling import generate, generate_many
 MODELS = {
     "reference": dict(dim=256, n_layers=4, segment_len=128, state_len=16),
     "headline": dict(OM_MODEL),
+    # recipes/shakespeare-bytes.yaml's hashed 3- to 5-gram embeddings (8192 rows each).
+    "headline + n-grams 3-5": dict(OM_MODEL, ngram_sizes=[3, 4, 5], ngram_buckets=8192),
     "headline, patched P=4": dict(OM_MODEL, patch_size=4, stem_groups=OM_MODEL["dim"]),
 }
 PROMPT = b"ROMEO.\nWhat light through yonder window breaks?\n"
