@@ -5,7 +5,8 @@ batch-1 decoding of patched vs unpatched Om.
 
 Models: random init, bytes codec (speed does not depend on the weights): the reference byte
 model (dim 256, 4 layers, L 128, S 16) and the Shakespeare headline model (bench/quality.py
-OM_MODEL), that model with the recipe's hashed n-gram embeddings, that model patched (P=4, depthwise stem: bench/quality.py's om-bytes-patched-4).
+OM_MODEL), that model with the recipe's hashed n-gram embeddings, and that model patched (P=4,
+depthwise stem: bench/quality.py's om-bytes-patched-4).
 Every generation runs to exactly --bytes bytes (temperature 1, seed 0, the separator never
 ends it). "separate": --samples calls of `om.sampling.generate`, one after another, in one
 process (no start-up cost counted); "batched": one `om.sampling.generate_many` call. The two alternate --repeats times and each keeps its

@@ -5,8 +5,9 @@
 Input: one file of --mib MiB of the Python standard library's sources (bench.eval_sample_speed's
 corpus, cached under .bench-cache/eval-sample/), scored as a single stream (batch 1), as `om eval
 FILE` does. Models: random init, bytes codec (speed does not depend on the weights): the headline
-Shakespeare model (bench/quality.py OM_MODEL, one memory pass) and the 5.7M reference model (two
-passes, so only its norms and MLPs run for all segments at once). Each model runs twice in one
+Shakespeare model (bench/quality.py OM_MODEL, one memory pass), that model with the recipe's n-gram
+embeddings, and the 5.7M reference model (two passes, so only its norms and MLPs run for all
+segments at once). Each model runs twice in one
 process, one after the other: `layer_major` off (every segment through every layer in turn, as
 before) and on (the default). The two bits/byte must agree to float rounding.
 
@@ -32,6 +33,8 @@ from om.evaluate import evaluate
 
 MODELS = {
     "headline (Shakespeare, 1 pass)": dict(OM_MODEL),
+    # with recipes/shakespeare-bytes.yaml's hashed 3- to 5-gram embeddings (8192 rows each)
+    "headline + n-grams 3-5": dict(OM_MODEL, ngram_sizes=[3, 4, 5], ngram_buckets=8192),
     "reference (5.7M, 2 passes)": dict(dim=256, n_layers=4, segment_len=128, state_len=16),
 }
 

@@ -492,7 +492,7 @@ def test_ngram_hash_is_pinned():
 
 
 def test_ngram_rows_equal_the_recursive_hash_up_to_the_largest_allowed_ids():
-    """The matmul form stays exact in int64 wherever OmConfig allows it (max n * (vocab + 1) < 2^32)."""
+    """The product-and-sum form stays exact in int64 wherever OmConfig allows it (max n * (vocab + 1) < 2^32)."""
     from om.model.ngram import MIXER, MODULUS, MULTIPLIER
 
     sizes, vocab = [1, 7, 16], 2**32 // 16 - 2
@@ -511,6 +511,28 @@ def test_ngram_rows_equal_the_recursive_hash_up_to_the_largest_allowed_ids():
             assert rows[0, t, i].item() == h * MIXER % MODULUS % 1000 + i * 1000, (t, n)
 
 
+
+def test_ngram_rows_use_no_integer_matmul():
+    """CUDA has no int64 matmul (pytorch/pytorch#44428): an n-gram model would fail there on its
+    first batch, and this CPU-only suite would not see it. So the hash must not take one anywhere."""
+    from torch.overrides import TorchFunctionMode
+
+    matmuls = {torch.matmul, torch.mm, torch.bmm, torch.addmm, torch.einsum, torch.Tensor.__matmul__,
+               torch.Tensor.matmul, torch.Tensor.mm, torch.Tensor.bmm}
+    seen = []
+
+    class Recording(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in matmuls:
+                seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    model = tiny_model(ngram_sizes=[2, 3, 5], ngram_buckets=64)
+    with Recording():
+        rows = ngram_rows(torch.tensor([[1, 2, 3, 4]]), torch.full((1, 4), -1), [2, 3, 5], 64)
+        grams, _ = model.ngram(torch.tensor([[1, 2, 3, 4]]), model.ngram.initial_tail(1))
+    assert rows.shape == (1, 4, 3) and grams.shape == (1, 4, model.config.dim)
+    assert seen == []
 
 @pytest.mark.parametrize("sizes", [[1], [2, 3, 5], [1, 7, 16]])
 def test_ngram_rows_stepped_equal_ngram_rows(sizes):

@@ -32,13 +32,15 @@ def ngram_rows(tokens: Tensor, tail: Tensor, sizes: list[int], buckets: int) -> 
     """tokens (B, T) int64 after tail (B, max(sizes) - 1) int64 (-1 before the stream) ->
     (B, T, len(sizes)) int64 rows of the stacked tables: size sizes[i] indexes rows i*buckets.. .
 
-    h_n unrolled is sum_j (id_{t-j} + 1) * MULTIPLIER^(n-1-j) mod MODULUS, so all sizes come from one
-    integer matmul of each window of the last max(sizes) ids with a (max(sizes), len(sizes)) table of
-    those powers (exact in int64 while max(sizes) * (vocab + 1) < 2^32, which OmConfig checks)."""
+    h_n unrolled is sum_j (id_{t-j} + 1) * MULTIPLIER^(n-1-j) mod MODULUS, so all sizes come from
+    each window of the last max(sizes) ids times a (max(sizes), len(sizes)) table of those powers,
+    summed over the window (exact in int64 while max(sizes) * (vocab + 1) < 2^32, which OmConfig
+    checks). A product and a sum, not a matmul: CUDA has no integer matmul (pytorch/pytorch#44428)."""
     K = tail.shape[1] + 1
     windows = (torch.cat((tail, tokens), dim=1) + 1).unfold(1, K, 1)  # (B, T, K), oldest first
     powers, first_rows = _constants(tuple(sizes), K, buckets, tokens.device)
-    return (windows @ powers % MODULUS) * MIXER % MODULUS % buckets + first_rows
+    hashes = (windows.unsqueeze(-1) * powers).sum(-2)  # (B, T, len(sizes))
+    return hashes % MODULUS * MIXER % MODULUS % buckets + first_rows
 
 
 
