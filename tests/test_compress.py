@@ -31,6 +31,12 @@ def ckpt(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def ngram_ckpt(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("compress-ngram") / "ckpt", seed=7, ngram_sizes=[2, 3, 5],
+                                ngram_buckets=64)
+
+
+@pytest.fixture(scope="module")
 def other_ckpt(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("compress-other") / "ckpt", seed=6)
 
@@ -96,6 +102,26 @@ def test_round_trips_across_processes(ckpt, tmp_path):
         assert (tmp_path / f"{name}.omz").read_bytes()[:4] == MAGIC
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
 
+
+
+def test_an_ngram_model_round_trips_across_processes(ngram_ckpt, tmp_path):
+    """A model with hashed n-gram embeddings: waves of 10 rows (the decoder hashes by tensor ops)
+    and a last wave of 3 (by Python integers, om.model.decoding.NGRAM_PYTHON_ROWS), each way in its
+    own process."""
+    from om.compress import read_header
+    from om.model.decoding import NGRAM_PYTHON_ROWS
+
+    path = ngram_ckpt[0]
+    assert 3 <= NGRAM_PYTHON_ROWS < 10
+    data = TEXT[:1300]  # blocks of 100: a wave of 10 rows, then one of 3
+    (tmp_path / "in").write_bytes(data)
+    codes, _, notes = om_batch([["compress", path, tmp_path / "in", "-o", tmp_path / "in.omz", "--block-size", "100",
+                                 "--wave-rows", "10"]])
+    assert codes == [0], notes
+    codes, _, notes = om_batch([["decompress", path, tmp_path / "in.omz", "-o", tmp_path / "out"]])
+    assert codes == [0], notes
+    assert (tmp_path / "out").read_bytes() == data
+    assert (read_header((tmp_path / "in.omz").read_bytes())[0].wave_rows, len(data) // 100) == (10, 13)
 
 # Refusals -------------------------------------------------------------------------------------------
 def assert_refused(result, command: str, *needles: str) -> None:
@@ -206,27 +232,33 @@ def test_payload_matches_the_model_log_likelihood(ckpt, kind):
     assert header.sha256 == hashlib.sha256(data).hexdigest() and header.checkpoint == c.fingerprint
 
 
-def test_each_block_is_coded_as_a_document(ckpt, monkeypatch):
+@pytest.mark.parametrize("model, block, rows", [
+    ("plain", 200, 2),  # 6 blocks, the last of 100 bytes: 3 waves of 2 rows
+    ("ngram", 200, 2),  # n-gram rows hashed in Python integers (om.model.decoding.NGRAM_PYTHON_ROWS)
+    ("ngram", 100, 10),  # 11 blocks: a wave of 10 rows (hashed by tensor ops), then one of 1
+])
+def test_each_block_is_coded_as_a_document(ckpt, ngram_ckpt, monkeypatch, model, block, rows):
     """The probabilities handed to the coder, wave by wave, step by step, row by row, are those of each
     block read alone from the separator (pad rows of a shorter block ignored)."""
     import om.compress as oc
     from om.checkpoint import load_checkpoint
 
-    c = load_checkpoint(ckpt[0])
-    data, block, rows = TEXT[:1100], 200, 2  # 6 blocks, the last of 100 bytes: 3 waves of 2 rows
+    c = load_checkpoint((ckpt if model == "plain" else ngram_ckpt)[0])
+    data = TEXT[:1100]
+    blocks = -(-len(data) // block)
     seen = []
     probabilities = oc._probabilities
     monkeypatch.setattr(oc, "_probabilities", lambda logits: seen.append(probabilities(logits)) or seen[-1])
     oc.encode_blocks(c.model, 256, data, block, rows)
     got = {}
     steps = iter(seen)
-    for wave in range(3):
+    for wave in range(-(-blocks // rows)):
         for t in range(block):
             probs = next(steps)
             for r in range(len(probs)):
                 got[(wave * rows + r, t)] = probs[r]
     assert next(steps, None) is None and len(got) == len(data)
-    for b in range(6):
+    for b in range(blocks):
         ids = list(data[b * block : (b + 1) * block])
         with torch.no_grad():
             logits, _ = c.model(torch.tensor([[256, *ids[:-1]]]))
