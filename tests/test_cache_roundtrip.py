@@ -29,8 +29,19 @@ def ckpt(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("cache") / "ckpt", seed=4)
 
 
-def test_sample_after_cache_equals_sample_after_prefix(ckpt, tmp_path):
-    path, _, _ = ckpt
+@pytest.fixture(scope="module")
+def ngram_ckpt(tmp_path_factory):
+    """With hashed n-gram embeddings: a cache must also hold the last token ids."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("cache-ngram") / "ckpt", seed=4, ngram_sizes=[2, 3, 5], ngram_buckets=64)
+
+
+@pytest.fixture(params=["plain", "ngram"])
+def any_ckpt(request):
+    return request.getfixturevalue("ckpt" if request.param == "plain" else "ngram_ckpt")
+
+
+def test_sample_after_cache_equals_sample_after_prefix(any_ckpt, tmp_path):
+    path, _, _ = any_ckpt
     (tmp_path / "prefix.txt").write_bytes(PREFIX)
     cache = tmp_path / "ctx.safetensors"
     made = run_cli(["cache", path, tmp_path / "prefix.txt", "-o", cache])
@@ -49,8 +60,8 @@ def test_sample_after_cache_equals_sample_after_prefix(ckpt, tmp_path):
     assert empty.stdout_bytes == fed.stdout_bytes
 
 
-def test_eval_after_cache_scores_the_continuation(ckpt, tmp_path):
-    _, model, codec = ckpt
+def test_eval_after_cache_scores_the_continuation(any_ckpt, tmp_path):
+    _, model, codec = any_ckpt
     context = read_context(model, codec, [PREFIX])
     cached = evaluate(model, codec, [MORE], context=context, window=16).inputs[0]
     whole = evaluate(model, codec, [PREFIX + MORE], window=16).inputs[0]

@@ -25,9 +25,10 @@ TINY = ROOT / "recipes" / "tiny.yaml"
 TIMING = ("bytes_per_s", "elapsed_s")
 
 
-def _recipe(dataset: Path, **train):
+def _recipe(dataset: Path, model: dict | None = None, **train):
     raw = read_yaml(TINY)
     raw["data"] = {"dataset": str(dataset)}
+    raw["model"].update(model or {})
     raw["train"].update(train)
     raw["out"].update(sample_bytes=0, progress=False)
     return validate_recipe(raw, "tiny.yaml")
@@ -44,8 +45,10 @@ def _metrics(run: Path) -> list[dict]:
         dict(state="reset", max_steps=12, log_every=1, eval_every=4),
         dict(state="carry", grad_accum=2, max_steps=12, log_every=5, eval_every=6, checkpoint_every=3),
         dict(state="reset", optimizer="muon", max_steps=12, log_every=3, eval_every=6),
+        # n-gram embeddings: the carried state holds the last token ids, which the resumed run must get back
+        dict(state="carry", max_steps=12, log_every=4, eval_every=6, model={"ngram_sizes": [2, 4], "ngram_buckets": 32}),
     ],
-    ids=["reset", "carry-accum", "muon"],
+    ids=["reset", "carry-accum", "muon", "carry-ngram"],
 )
 def test_resume_is_exact(tmp_path, dataset, train):
     whole = Trainer(_recipe(dataset, **train), tmp_path / "whole").run()
