@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -104,17 +106,31 @@ def train(
         return
     trainer = Trainer(r, run_dir, resume=resume, source=source, progress=progress, console=stderr)
     result = trainer.run()
+    code = _report(trainer, result, r, sample_text)
+    if trainer.dist.active:
+        # Trainer.run has left the process group; end this rank now, while the trainer is still
+        # referenced: freeing its DistributedDataParallel objects on the way out was seen to block
+        # forever in gloo's teardown once the other rank had exited (tests/test_distributed.py).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    if code:
+        raise typer.Exit(code=code)
+
+
+def _report(trainer, result, r, sample_text) -> int:
+    """What `om train` prints after a run (rank 0 only under torchrun) -> the exit code."""
     main = trainer.dist.is_main  # under torchrun only rank 0 prints; the others just exit
     if result.checkpoint is not None and main:
         print(result.checkpoint, flush=True)
     if result.interrupted is not None:
-        if not main:
-            raise typer.Exit(code=result.exit_code)
-        name = signal.Signals(result.interrupted).name
-        stderr.print(f"stopped by {name} at step {result.step}; checkpoint saved; resume with --resume auto", markup=False, soft_wrap=True)
-        raise typer.Exit(code=result.exit_code)
+        if main:
+            name = signal.Signals(result.interrupted).name
+            stderr.print(f"stopped by {name} at step {result.step}; checkpoint saved; resume with --resume auto", markup=False,
+                         soft_wrap=True)
+        return result.exit_code
     if not main or result.already_complete:  # the trainer said why nothing was trained
-        return
+        return 0
     summary = f"done: step {result.step}, {result.bytes_per_s:,.0f} bytes/s"
     if result.val:
         summary += f", val bits/byte {result.val['val_bpb']:.4f}"
@@ -126,5 +142,6 @@ def train(
             o = r.out
             text = sample_text(trainer.model, trainer.codec, o.sample_prompt, o.sample_bytes, o.sample_temperature, r.train.seed)
         except KeyboardInterrupt:
-            raise typer.Exit(code=130) from None
+            return 130
         stderr.print("sample:\n" + r.out.sample_prompt + text, markup=False, highlight=False, soft_wrap=True)
+    return 0

@@ -43,11 +43,11 @@ def ngram_rows(tokens: Tensor, tail: Tensor, sizes: list[int], buckets: int) -> 
     return hashes % MODULUS * MIXER % MODULUS % buckets + first_rows
 
 
-
 def ngram_rows_stepped(tails: list[list[int]], tokens: list[int], sizes: list[int], buckets: int) -> list[list[int]]:
     """`ngram_rows` for one new token per row in Python integers: at batch 1 the dozen tensor ops
-    of `ngram_rows` cost more than the arithmetic. tails[b]: the last max(sizes) - 1 ids of row b
-    (-1 before the stream), moved on in place by tokens[b]; -> rows[b][i], as `ngram_rows` gives."""
+    of `ngram_rows` cost more than the arithmetic. sizes ascending (as `HashedNgramEmbedding` keeps
+    them); tails[b]: the last max(sizes) - 1 ids of row b (-1 before the stream), moved on in place
+    by tokens[b]; -> rows[b][i], as `ngram_rows` gives."""
     out = []
     for tail, token in zip(tails, tokens):
         tail.append(token)
@@ -60,6 +60,7 @@ def ngram_rows_stepped(tails: list[list[int]], tokens: list[int], sizes: list[in
         del tail[0]
         out.append(rows)
     return out
+
 
 @functools.lru_cache(maxsize=64)
 def _constants(sizes: tuple[int, ...], K: int, buckets: int, device: torch.device) -> tuple[Tensor, Tensor]:
