@@ -102,7 +102,7 @@ def test_rows_take_the_fast_path():
     assert calls == {"rope": 2 * 3, "one-pass": 0, "cope": 3 * MODELS["cope"].config.segment_len}
 
 
-@pytest.mark.parametrize("name", ["ngram", "patched-3-ngram"])
+@pytest.mark.parametrize("name", ["ngram", "patched-3-ngram", "ngram-after-stem"])
 @pytest.mark.parametrize("python_rows", [0, 2, 8])
 def test_ngram_rows_by_python_and_by_tensor_ops_agree_with_forward(name, python_rows, monkeypatch):
     """At batch <= NGRAM_PYTHON_ROWS the decoder hashes n-grams in Python integers, else by tensor
@@ -125,7 +125,8 @@ def test_ngram_rows_by_python_and_by_tensor_ops_agree_with_forward(name, python_
     assert torch.equal(decoder.state().token_tail, whole_state.token_tail[[2, 0]])
 
 
-@pytest.mark.parametrize("name", ["one-pass", "wide-stem", "patched-3-depthwise-stem", "one-wide-stem", "ngram", "patched-3-ngram"])
+@pytest.mark.parametrize("name", ["one-pass", "wide-stem", "patched-3-depthwise-stem", "one-wide-stem", "ngram", "patched-3-ngram",
+                                  "ngram-after-stem", "patched-3-ngram-after-stem"])
 def test_stem_by_table_and_by_matmul_agree_with_forward(name, monkeypatch):
     """The decoder's stem runs by table lookup for small vocabularies and as one matmul otherwise: both
     equal the forward pass, and so does the stem tail they export mid-stream."""

@@ -13,13 +13,16 @@ CASES = [("rope", 1, 2), ("cope", 1, 2), ("rope+cope", 1, 2), ("rope", 3, 2), ("
 
 @pytest.mark.parametrize("positional,patch_size,passes,decoder_context",
                          [(*case, "shared") for case in CASES] + [("rope", 3, 1, "per_phase"), ("rope", 4, 1, "local-attention"),
-                                                                  ("rope", 1, 1, "ngram"), ("rope", 4, 1, "ngram")])
+                                                                  ("rope", 1, 1, "ngram"), ("rope", 4, 1, "ngram"),
+                                                                  ("rope", 1, 1, "ngram-after-stem"), ("rope", 4, 1, "ngram-after-stem")])
 @pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("t", [0, 5, 7, 8, 13, 21])
 def test_changing_token_t_changes_no_earlier_logit(positional, patch_size, passes, decoder_context, chunked, t):
     dims = dict(dims_key=[8, 6][:passes], dims_value=[8, 4][:passes])
     local = decoder_context == "local-attention"  # the shared context, plus attention among a context's rows
-    ngram = dict(ngram_sizes=[2, 5], ngram_buckets=16) if decoder_context == "ngram" else {}  # hashed n-gram embeddings
+    ngram = dict(ngram_sizes=[2, 5], ngram_buckets=16) if decoder_context.startswith("ngram") else {}  # hashed n-gram embeddings
+    if decoder_context == "ngram-after-stem":
+        ngram["ngram_after_stem"] = True
     model = tiny_model(seed=4, positional=positional, stem_kernels=[2, 3, 4], patch_size=patch_size,
                        decoder_context="per_phase" if decoder_context == "per_phase" else "shared",
                        decoder_attention=local, **dims, **ngram)

@@ -29,6 +29,8 @@ CONFIGS = {
     "ngram": dict(ngram_sizes=[2, 3, 5], ngram_buckets=64),
     "ngram-tail-longer-than-a-segment": dict(ngram_sizes=[1, 11], ngram_buckets=16, stem_kernels=[]),
     "patched-3-ngram": dict(patch_size=3, ngram_sizes=[3, 6], ngram_buckets=32, stem_kernels=[3]),
+    "ngram-after-stem": dict(ngram_sizes=[2, 3, 5], ngram_buckets=64, ngram_after_stem=True),
+    "patched-3-ngram-after-stem": dict(patch_size=3, ngram_sizes=[3, 6], ngram_buckets=32, stem_kernels=[3], ngram_after_stem=True),
     # One pass without CoPE: whole segments at inference take ARC.segments_batched.
     "one-pass": dict(dims_key=[8], dims_value=[6]),
     "one-pass-aligned-gated": dict(dims_key=[8], dims_value=[8], state_positions="aligned", state_update="gated"),

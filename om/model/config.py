@@ -48,6 +48,8 @@ class OmConfig(BaseModel):
                                    "size n, a learned vector for the last n tokens, found by hashing their ids into a table of "
                                    "ngram_buckets rows and added to the token's embedding ([] turns them off)")
     ngram_buckets: int = Field(8192, ge=1, description="rows of each hashed n-gram table (ngram_sizes only)")
+    ngram_after_stem: bool = Field(False, description="add the n-gram vectors to the stem's output instead of to the "
+                                   "embeddings it reads (ngram_sizes only)")
     patch_size: int = Field(1, ge=1, description="tokens per trunk position: with P > 1 the ARC layers run once per "
                             "patch of P tokens and a local decoder predicts each token (see om/model/patching.py); "
                             "segment_len and state_len then count patches")

@@ -82,6 +82,7 @@ class IncrementalDecoder:
         self.stem_weight, self.stem_bias = _stem_matrix(model.stem)
         self.stem_table = None
         self.ngram = model.ngram
+        self.ngram_after_stem = self.ngram is not None and c.ngram_after_stem
         self.ngram_table = None if self.ngram is None else self.ngram.table.weight.detach()
         self._set_token_tail(state.token_tail)
         table_bytes = ref.numel() * max(model.stem.kernels, default=1) * ref.element_size()
@@ -130,7 +131,7 @@ class IncrementalDecoder:
         table = torch.einsum("vd,jde->vje", embed, by_lag)
         table[:, 0] += embed + self.stem_bias
         self.stem_table = table.reshape(embed.shape[0], K * D)
-        if self.ngram is not None:
+        if self.ngram is not None and not self.ngram_after_stem:
             by_lag = by_lag.clone()
             by_lag[0] += torch.eye(D, dtype=by_lag.dtype, device=by_lag.device)  # the stem's residual
             self.ngram_by_lag = by_lag.permute(1, 0, 2).reshape(D, K * D)
@@ -143,7 +144,7 @@ class IncrementalDecoder:
         """Stem output (B, D) for one new token per row, by table (see `_stem_by_table`)."""
         rows = tokens
         summed = F.embedding(tokens, self.stem_table)
-        if self.ngram is not None:
+        if self.ngram is not None and not self.ngram_after_stem:
             rows = self._ngram_rows(tokens)
             summed = torch.addmm(summed, self._ngram_vectors(rows), self.ngram_by_lag)
         summed = summed.view(self.batch_size, -1, self.stem_ahead.shape[-1])
@@ -152,7 +153,7 @@ class IncrementalDecoder:
         self.stem_ahead = summed[:, 1:]
         if K > 1:
             # `tokens` may be the caller's buffer, refilled next step; `_ngram_rows` returns a new tensor.
-            self.recent = (self.recent + [rows if self.ngram is not None else tokens.clone()])[-(K - 1) :]
+            self.recent = (self.recent + [rows if rows is not tokens else tokens.clone()])[-(K - 1) :]
         return summed[:, 0]
 
     def _current_stem_tail(self) -> Tensor:
@@ -161,7 +162,7 @@ class IncrementalDecoder:
             return self.stem_tail
         rows = torch.stack(self.recent, dim=1)  # (B, r) token ids or (B, r, 1 + len(sizes)) ids and n-gram rows
         embed = self.model.embed.weight
-        if self.ngram is None:
+        if rows.dim() == 2:  # ids alone: the stem reads embeddings only
             read = F.embedding(rows, embed)
         else:
             read = F.embedding(rows[..., 0], embed) + self._ngram_vectors(rows)
@@ -203,12 +204,14 @@ class IncrementalDecoder:
             x = self._stem_step(tokens)
         else:
             x = F.embedding(tokens, model.embed.weight)  # (B, D)
-            if self.ngram is not None:
+            if self.ngram is not None and not self.ngram_after_stem:
                 x = x + self._ngram_vectors(self._ngram_rows(tokens))
             if self.stem_weight is not None:
                 window = torch.cat((self.stem_tail, x.unsqueeze(1)), dim=1)  # (B, max(k), D), oldest first
                 x = torch.addmm(self.stem_bias, window.flatten(1), self.stem_weight).add_(x)
                 self.stem_tail = window[:, 1:]
+        if self.ngram_after_stem:
+            x = x + self._ngram_vectors(self._ngram_rows(tokens))
         if model.patch is None:
             h = self._trunk_step(x, self.offset)
         else:

@@ -114,11 +114,14 @@ class OmLLM(PretrainedMixin, nn.Module):
             state = self.init_state(B)
         elif state.batch_size != B:
             raise ValueError(f"state has batch size {state.batch_size} but tokens have {B}")
-        x, token_tail = self.embed(tokens), None
+        x, token_tail, grams = self.embed(tokens), None, None
         if self.ngram is not None:
             grams, token_tail = self.ngram(tokens, state.token_tail)
-            x = x + grams
+            if not self.config.ngram_after_stem:
+                x = x + grams
         x, stem_tail = self.stem(x, state.stem_tail)
+        if grams is not None and self.config.ngram_after_stem:
+            x = x + grams
         layer_states, caches = list(state.layer_states), list(state.caches)
         if self.patch is None:
             h = self._trunk(x, layer_states, caches, state.offset)
