@@ -90,7 +90,6 @@ def train(
     """Train from a recipe; the final checkpoint path is printed on stdout."""
     from om.errors import OmUserError
     from om.train import Trainer, load_recipe
-    from om.train.sample import sample_text
 
     if as_json and not dry_run:
         raise OmUserError("--json works only with --dry-run (it prints the plan); a run prints its checkpoint path on stdout")
@@ -106,7 +105,7 @@ def train(
         return
     trainer = Trainer(r, run_dir, resume=resume, source=source, progress=progress, console=stderr)
     result = trainer.run()
-    code = _report(trainer, result, r, sample_text)
+    code = _report(trainer, result, r)
     if trainer.dist.active:
         # Trainer.run has left the process group; end this rank now, while the trainer is still
         # referenced: freeing its DistributedDataParallel objects on the way out was seen to block
@@ -118,8 +117,10 @@ def train(
         raise typer.Exit(code=code)
 
 
-def _report(trainer, result, r, sample_text) -> int:
+def _report(trainer, result, r) -> int:
     """What `om train` prints after a run (rank 0 only under torchrun) -> the exit code."""
+    from om.train.sample import sample_text
+
     main = trainer.dist.is_main  # under torchrun only rank 0 prints; the others just exit
     if result.checkpoint is not None and main:
         print(result.checkpoint, flush=True)

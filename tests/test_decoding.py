@@ -64,18 +64,30 @@ def test_exported_state_continues_like_the_decoder(name):
     assert torch.equal(expected, again)
 
 
+def _select_mid_stream(model, tokens: torch.Tensor, cut: int, checks=None):
+    """The decoder over 3 rows of tokens up to `cut`, then rows [2, 0] only to the end, against
+    the forward pass: -> (max |logit difference| after the cut, the decoder, the forward state).
+    `checks`: called with the decoder just before and just after the select."""
+    keep = [2, 0]
+    with torch.inference_mode():
+        whole, whole_state = model(tokens)
+        decoder = IncrementalDecoder(model, model.init_state(3))
+        for t in range(cut):
+            decoder.step(tokens[:, t])
+        if checks:
+            checks[0](decoder)
+        decoder.select(keep)
+        if checks:
+            checks[1](decoder)
+        got = torch.stack([decoder.step(tokens[keep, t]) for t in range(cut, tokens.shape[1])], dim=1)
+    return (whole[keep, cut:] - got).abs().max().item(), decoder, whole_state
+
+
 @pytest.mark.parametrize("name", ["rope", "patched-2", "ngram"])
 def test_select_keeps_rows(name):
     model = MODELS[name]
     tokens = torch.randint(0, model.config.vocab_size, (3, 27), generator=torch.Generator().manual_seed(5))
-    with torch.inference_mode():
-        whole, _ = model(tokens)
-        decoder = IncrementalDecoder(model, model.init_state(3))
-        for t in range(11):
-            decoder.step(tokens[:, t])
-        decoder.select([2, 0])
-        got = torch.stack([decoder.step(tokens[[2, 0], t]) for t in range(11, 27)], dim=1)
-    assert (whole[[2, 0], 11:] - got).abs().max().item() <= 1e-4
+    assert _select_mid_stream(model, tokens, 11)[0] <= 1e-4
 
 
 def test_rows_take_the_fast_path():
@@ -112,16 +124,14 @@ def test_ngram_rows_by_python_and_by_tensor_ops_agree_with_forward(name, python_
     monkeypatch.setattr(decoding, "NGRAM_PYTHON_ROWS", python_rows)
     model = MODELS[name]
     tokens = torch.randint(0, model.config.vocab_size, (3, 29), generator=torch.Generator().manual_seed(7))
-    with torch.inference_mode():
-        whole, whole_state = model(tokens)
-        decoder = IncrementalDecoder(model, model.init_state(3))
-        for t in range(12):
-            decoder.step(tokens[:, t])
-        assert (decoder.tail_ids is not None) == (python_rows >= 3)
-        decoder.select([2, 0])
-        assert (decoder.tail_ids is not None) == (python_rows >= 2)
-        got = torch.stack([decoder.step(tokens[[2, 0], t]) for t in range(12, 29)], dim=1)
-    assert (whole[[2, 0], 12:] - got).abs().max().item() <= 1e-4
+
+    def by_python(rows: int):
+        def check(decoder):
+            assert (decoder.tail_ids is not None) == (python_rows >= rows)
+        return check
+
+    gap, decoder, whole_state = _select_mid_stream(model, tokens, 12, (by_python(3), by_python(2)))
+    assert gap <= 1e-4
     assert torch.equal(decoder.state().token_tail, whole_state.token_tail[[2, 0]])
 
 
