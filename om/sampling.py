@@ -253,21 +253,20 @@ def generate_ids(
     sep, device = int(codec.doc_sep_id), next(model.parameters()).device
     was_training = model.training
     model.eval()
-    # Inference mode is entered per call, never held across a yield (the caller's code runs there).
+    # Inference mode is entered once per token, never held across a yield (the caller's code runs
+    # there); the draw runs inside it too, where its ops skip autograd's dispatch.
     try:
         with torch.inference_mode():
             logits, state = _after_prompt(model, codec, prompt_ids, context)
             decoder = IncrementalDecoder(model, state, banned=banned_mask)  # its logits come masked
-        last = logits[:, -1].masked_fill(banned_mask.to(logits.device), float("-inf"))
-        fed = torch.zeros(1, dtype=torch.long, device=device)
-        while True:
+            last = logits[:, -1].masked_fill(banned_mask.to(logits.device), float("-inf"))
+            fed = torch.zeros(1, dtype=torch.long, device=device)
             token = draw(last.float().cpu(), options, noise.next)[0]
-            if token == sep:
-                return
+        while token != sep:
             yield token
             with torch.inference_mode():
                 fed.fill_(token)
-                last = decoder.step(fed)
+                token = draw(decoder.step(fed).float().cpu(), options, noise.next)[0]
     finally:
         model.train(was_training)
 
