@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from bench.quality import OM_MODEL
+from bench.quality import OM_MODEL, RECIPE_NGRAMS
 from bench.report import load_text, machine, markdown_table, write_section
 from om import OmConfig, OmLLM
 from om.data.codecs import BytesCodec
@@ -30,7 +30,7 @@ MODELS = {
     "reference": dict(dim=256, n_layers=4, segment_len=128, state_len=16),
     "headline": dict(OM_MODEL),
     # recipes/shakespeare-bytes.yaml's hashed 3- to 5-gram embeddings (8192 rows each).
-    "headline + n-grams 3-5": dict(OM_MODEL, ngram_sizes=[3, 4, 5], ngram_buckets=8192),
+    "headline + n-grams 3-5": dict(OM_MODEL, **RECIPE_NGRAMS),
     "headline, patched P=4": dict(OM_MODEL, patch_size=4, stem_groups=OM_MODEL["dim"]),
 }
 PROMPT = b"ROMEO.\nWhat light through yonder window breaks?\n"

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.batch_sampling import random_model
-from bench.quality import OM_MODEL
+from bench.quality import OM_MODEL, RECIPE_NGRAMS
 from bench.report import machine, markdown_table, write_section
 from om import OmLLM
 from om.data.codecs import BytesCodec
@@ -35,8 +35,10 @@ from om.sampling import generate
 MODELS = {
     "reference (5.7M)": dict(dim=256, n_layers=4, segment_len=128, state_len=16),
     "headline (Shakespeare)": dict(OM_MODEL),
-    # recipes/shakespeare-bytes.yaml's hashed 3- to 5-gram embeddings (the decoder adds their vector through the stem by one matmul).
-    "headline + n-grams 3-5": dict(OM_MODEL, ngram_sizes=[3, 4, 5], ngram_buckets=8192),
+    # recipes/shakespeare-bytes.yaml's hashed 3- to 5-gram embeddings, their vectors added after the stem;
+    # and added before it, where the decoder adds their vector through the stem by one matmul.
+    "headline + n-grams 3-5": dict(OM_MODEL, **RECIPE_NGRAMS),
+    "headline + n-grams 3-5 before the stem": {**OM_MODEL, **RECIPE_NGRAMS, "ngram_after_stem": False},
     "headline, patched P=4": dict(OM_MODEL, patch_size=4, stem_groups=OM_MODEL["dim"]),
 }
 

@@ -25,7 +25,7 @@ import time
 import torch
 
 from bench.eval_sample_speed import corpus
-from bench.quality import OM_MODEL
+from bench.quality import OM_MODEL, RECIPE_NGRAMS
 from bench.report import load_text, machine, markdown_table, write_section
 from om import OmConfig, OmLLM
 from om.data.codecs import BytesCodec
@@ -34,7 +34,7 @@ from om.evaluate import evaluate
 MODELS = {
     "headline (Shakespeare, 1 pass)": dict(OM_MODEL),
     # with recipes/shakespeare-bytes.yaml's hashed 3- to 5-gram embeddings (8192 rows each)
-    "headline + n-grams 3-5": dict(OM_MODEL, ngram_sizes=[3, 4, 5], ngram_buckets=8192),
+    "headline + n-grams 3-5": dict(OM_MODEL, **RECIPE_NGRAMS),
     "reference (5.7M, 2 passes)": dict(dim=256, n_layers=4, segment_len=128, state_len=16),
 }
 
