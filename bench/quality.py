@@ -227,6 +227,9 @@ VARIANTS = {
     "om-chars-long-memory-muon-ngram": dict(codec="chars", model={"state_update": "residual", **NGRAMS_SMALL,
                                                                   "ngram_buckets": 8192},
                                             train={**LONG_MEMORY, **MUON}),
+    # ... with the n-gram vectors added after the stem, as recipes/shakespeare-bytes.yaml now has them.
+    "om-chars-long-memory-muon-ngram-after-stem": dict(codec="chars", model={"state_update": "residual", **RECIPE_NGRAMS},
+                                                       train={**LONG_MEMORY, **MUON}),
     "om-bytes-patched-8-long-memory-muon-ngram-small": dict(codec="bytes", model={**PATCHED_8, "state_update": "residual",
                                                                                   **NGRAMS_SMALL},
                                                             train={**LONG_MEMORY_HALF, **MUON}),
@@ -248,6 +251,13 @@ VARIANTS = {
                                                                        model={**PATCHED_8, "state_update": "residual",
                                                                               **NGRAMS_SMALL, "ngram_after_stem": True},
                                                                        train={**LONG_MEMORY_HALF, **MUON}),
+    # The patched recipe's model with larger n-gram tables: 8192 rows per size (the unpatched recipe's), then 16384.
+    "om-bytes-patched-8-long-memory-muon-ngram-8192": dict(codec="bytes", model={**PATCHED_8, "state_update": "residual",
+                                                                              **NGRAMS_SMALL, "ngram_buckets": 8192},
+                                                           train={**LONG_MEMORY_HALF, **MUON}),
+    "om-bytes-patched-8-long-memory-muon-ngram-16384": dict(codec="bytes", model={**PATCHED_8, "state_update": "residual",
+                                                                               **NGRAMS_SMALL, "ngram_buckets": 16384},
+                                                            train={**LONG_MEMORY_HALF, **MUON}),
     # P=8 spending on the trunk, which runs once per 8 bytes (a layer there costs 1/8 of one at
     # byte level): 4 layers instead of 2, or layers twice as wide (trunk_dim 256).
     "om-bytes-patched-8-deep": dict(codec="bytes", model={"patch_size": 8, "segment_len": 16, "stem_kernels": [8],
