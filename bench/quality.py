@@ -215,8 +215,7 @@ VARIANTS = {
                                                                        "ngram_buckets": 8192},
                                                  train={**LONG_MEMORY, **MUON}),
     # The same with the n-gram vectors added to the stem's output instead of its input (model.ngram_after_stem).
-    "om-bytes-long-memory-muon-ngram-8192-after-stem": dict(codec="bytes", model={"state_update": "residual", **NGRAMS_SMALL,
-                                                                                  "ngram_buckets": 8192, "ngram_after_stem": True},
+    "om-bytes-long-memory-muon-ngram-8192-after-stem": dict(codec="bytes", model={"state_update": "residual", **RECIPE_NGRAMS},
                                                             train={**LONG_MEMORY, **MUON}),
     # SentencePiece-1024 with hashed 2- and 3-grams of its pieces (about 4.5 and 6.7 bytes): whether the tokenizer gains as much.
     "om-sentencepiece-1024-long-memory-muon-ngram": dict(codec="sentencepiece", vocab_size=1024,

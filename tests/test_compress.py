@@ -103,7 +103,6 @@ def test_round_trips_across_processes(ckpt, tmp_path):
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
-
 def test_an_ngram_model_round_trips_across_processes(ngram_ckpt, tmp_path):
     """A model with hashed n-gram embeddings: waves of 10 rows (the decoder hashes by tensor ops)
     and a last wave of 3 (by Python integers, om.model.decoding.NGRAM_PYTHON_ROWS), each way in its
@@ -122,6 +121,7 @@ def test_an_ngram_model_round_trips_across_processes(ngram_ckpt, tmp_path):
     assert codes == [0], notes
     assert (tmp_path / "out").read_bytes() == data
     assert (read_header((tmp_path / "in.omz").read_bytes())[0].wave_rows, len(data) // 100) == (10, 13)
+
 
 # Refusals -------------------------------------------------------------------------------------------
 def assert_refused(result, command: str, *needles: str) -> None:

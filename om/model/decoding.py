@@ -82,6 +82,8 @@ class IncrementalDecoder:
         self.stem_weight, self.stem_bias = _stem_matrix(model.stem)
         self.stem_table = None
         self.ngram = model.ngram
+        # where an n-gram model adds its vectors: to the embeddings the stem reads, or to its output
+        self.ngram_before_stem = self.ngram is not None and not c.ngram_after_stem
         self.ngram_after_stem = self.ngram is not None and c.ngram_after_stem
         self.ngram_table = None if self.ngram is None else self.ngram.table.weight.detach()
         self._set_token_tail(state.token_tail)
@@ -131,7 +133,7 @@ class IncrementalDecoder:
         table = torch.einsum("vd,jde->vje", embed, by_lag)
         table[:, 0] += embed + self.stem_bias
         self.stem_table = table.reshape(embed.shape[0], K * D)
-        if self.ngram is not None and not self.ngram_after_stem:
+        if self.ngram_before_stem:
             by_lag = by_lag.clone()
             by_lag[0] += torch.eye(D, dtype=by_lag.dtype, device=by_lag.device)  # the stem's residual
             self.ngram_by_lag = by_lag.permute(1, 0, 2).reshape(D, K * D)
@@ -144,7 +146,7 @@ class IncrementalDecoder:
         """Stem output (B, D) for one new token per row, by table (see `_stem_by_table`)."""
         rows = tokens
         summed = F.embedding(tokens, self.stem_table)
-        if self.ngram is not None and not self.ngram_after_stem:
+        if self.ngram_before_stem:
             rows = self._ngram_rows(tokens)
             summed = torch.addmm(summed, self._ngram_vectors(rows), self.ngram_by_lag)
         summed = summed.view(self.batch_size, -1, self.stem_ahead.shape[-1])
@@ -204,7 +206,7 @@ class IncrementalDecoder:
             x = self._stem_step(tokens)
         else:
             x = F.embedding(tokens, model.embed.weight)  # (B, D)
-            if self.ngram is not None and not self.ngram_after_stem:
+            if self.ngram_before_stem:
                 x = x + self._ngram_vectors(self._ngram_rows(tokens))
             if self.stem_weight is not None:
                 window = torch.cat((self.stem_tail, x.unsqueeze(1)), dim=1)  # (B, max(k), D), oldest first
