@@ -195,10 +195,12 @@ class IncrementalDecoder:
         return F.embedding(rows[..., 1:], self.ngram_table).sum(-2)
 
     def _add_ngram_vectors(self, x: Tensor, tokens: Tensor) -> Tensor:
-        """x (B, D) plus each token's summed n-gram vector. Hashed in Python integers at small batch,
-        where on CPU the rows are also summed in numpy, into x in place: the torch route (a tensor
-        of rows, a gather, a sum and an add) took about 35 us a step of the headline model's 215, this
-        one about 5. The sum runs in the order of the forward pass's `embedding_bag`, row by row."""
+        """x (B, D) plus each token's summed n-gram vector. At batch <= NGRAM_PYTHON_ROWS on CPU the
+        rows, hashed in Python integers, are summed in numpy into x in place: in the decoding loop at
+        batch 1 this took 22-26 us a byte of the headline model against 38-41 for the torch route (a
+        tensor of rows, a gather, a sum and an add). At batch 16 numpy's vectorised hash and gather
+        measured no faster there than the tensor ops. The sum runs in the forward pass's order
+        (`embedding_bag`): the sizes' rows one by one."""
         if self.tail_ids is None or self.ngram_numpy is None or x.requires_grad:
             return x + self._ngram_vectors(self._ngram_rows(tokens))
         rows = ngram_rows_stepped(self.tail_ids, tokens.tolist(), self.ngram.sizes, self.ngram.buckets)
