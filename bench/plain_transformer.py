@@ -11,8 +11,15 @@ With `ngram_sizes`, each byte's embedding also gains Om's hashed n-gram embeddin
 window's first bytes hash with "before the stream" as their older ids, as a window scored in
 `stream_nll` does not (it passes the bytes before it).
 
-`PlainTransformer(vocab_size, dim, n_layers, n_heads, context, mlp_ratio, ngram_sizes, ngram_buckets)`:
-forward(tokens (B, T <= context), tail (B, max(ngram_sizes) - 1) or None) -> logits (B, T, vocab_size).
+With `patch_size` P > 1 it is patched the way patched Om is (`om.model.patching`, Om's own patch
+encoder and local decoder): a dense causal convolution of width P over the bytes, each P bytes one
+trunk position (the blocks run over context / P patches, each with a learned position), and the
+prediction at byte t from the local decoder reading the trunk's output after the last patch
+complete at t plus the convolution's feature of t. A window's patches start at its first byte.
+
+`PlainTransformer(vocab_size, dim, n_layers, n_heads, context, mlp_ratio, ngram_sizes, ngram_buckets,
+patch_size, decoder_layers, dropout)`: forward(tokens (B, T <= context), tail (B, max(ngram_sizes) - 1)
+or None) -> logits (B, T, vocab_size).
 """
 
 from __future__ import annotations
@@ -23,7 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from om.model.config import OmConfig
 from om.model.ngram import HashedNgramEmbedding
+from om.model.patching import PatchCodec
+from om.model.stem import CausalConvStem
 
 
 class Block(nn.Module):
@@ -51,13 +61,22 @@ class PlainTransformer(nn.Module):
     (-1 before the stream; None: all -1) -> logits (B, T, vocab_size)."""
 
     def __init__(self, vocab_size: int, dim: int, n_layers: int, n_heads: int, context: int, mlp_ratio: float = 4.0,
-                 ngram_sizes: list[int] = (), ngram_buckets: int = 8192):
+                 ngram_sizes: list[int] = (), ngram_buckets: int = 8192, patch_size: int = 1, decoder_layers: int = 3,
+                 dropout: float = 0.0):
         super().__init__()
-        self.vocab_size, self.context = vocab_size, context
+        if context % patch_size:
+            raise ValueError(f"context {context} is not a multiple of patch_size {patch_size}")
+        self.vocab_size, self.context, self.patch_size = vocab_size, context, patch_size
         padded = (vocab_size + 63) // 64 * 64
         self.embed = nn.Embedding(padded, dim)
         self.ngram = HashedNgramEmbedding(dim, list(ngram_sizes), ngram_buckets) if ngram_sizes else None
-        self.positions = nn.Embedding(context, dim)
+        self.positions = nn.Embedding(context // patch_size, dim)
+        self.stem = self.patch = None
+        if patch_size > 1:
+            self.stem = CausalConvStem(dim, [patch_size])
+            self.patch = PatchCodec(OmConfig(dim=dim, n_heads=n_heads, patch_size=patch_size, stem_kernels=[patch_size],
+                                             decoder_layers=decoder_layers, mlp_ratio=mlp_ratio, dropout=dropout,
+                                             vocab_size=vocab_size))
         self.blocks = nn.ModuleList(Block(dim, n_heads, mlp_ratio) for _ in range(n_layers))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, padded, bias=False)
@@ -74,12 +93,29 @@ class PlainTransformer(nn.Module):
 
     def forward(self, tokens: Tensor, tail: Tensor | None = None) -> Tensor:
         B, T = tokens.shape
-        x = self.embed(tokens) + self.positions(torch.arange(T, device=tokens.device))
+        x = self.embed(tokens)
         if self.ngram is not None:
             x = x + self.ngram(tokens, self.ngram.initial_tail(B, tokens.device) if tail is None else tail)[0]
-        for block in self.blocks:
-            x = block(x)
+        if self.patch is None:
+            x = x + self.positions(torch.arange(T, device=tokens.device))
+            for block in self.blocks:
+                x = block(x)
+        else:
+            x = self._patched(x)
         return self.head(self.norm(x))[..., : self.vocab_size]
+
+    def _patched(self, x: Tensor) -> Tensor:
+        """Embeddings x (B, T, D) -> the local decoder's features (B, T, D); see the module docstring."""
+        B, T, D = x.shape
+        P = self.patch_size
+        x, _ = self.stem(x, x.new_zeros(B, P - 1, D))
+        n = T // P  # complete patches (the last window of a stream may end mid-patch)
+        o = self.patch.encode(x[:, : n * P]) + self.positions(torch.arange(n, device=x.device))
+        for block in self.blocks:
+            o = block(o)
+        contexts = torch.cat((self.patch.start.expand(B, 1, -1), self.patch.context(o)), dim=1)  # (B, n + 1, D)
+        # the prediction at byte t reads context (t + 1) // P for phase (t + 1) % P: flat index t + 1
+        return self.patch.decode(x, self.patch.conditions(contexts).flatten(1, 2)[:, 1 : T + 1])
 
     def loss(self, tokens: Tensor, targets: Tensor, state=None):
         """Same signature as `OmLLM.loss`, so one training loop serves both."""

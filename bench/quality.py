@@ -47,6 +47,9 @@ LONG_MEMORY = dict(state="carry", segments_per_sample=None, curriculum=[[0, 4], 
 LONG_MEMORY_HALF = dict(LONG_MEMORY, curriculum=[[0, 2], [1500, 4], [3000, 8]])
 # The patched rows' P=8 model: one dense width-8 convolution, 3 decoder blocks, segments of 16 patches (128 bytes).
 PATCHED_8 = dict(patch_size=8, segment_len=16, stem_kernels=[8], decoder_layers=3, dropout=0.1)
+# The plain Transformer patched as PATCHED_8 patches Om: a dense width-8 convolution, 8 bytes a trunk position
+# (16 in its 128-byte context), 3 decoder blocks, dropout 0.1 in them.
+PLAIN_PATCHED_8 = dict(patch_size=8, decoder_layers=3, dropout=0.1)
 # Hashed n-gram embeddings (om/model/ngram.py) of sizes 3 to 8, as BLT's byte encoder has: 8192 rows of each table.
 NGRAMS = dict(ngram_sizes=[3, 4, 5, 6, 7, 8], ngram_buckets=8192)
 # ... and smaller: sizes 3 to 5, 2048 rows each (0.8M parameters against 6.3M).
@@ -363,8 +366,9 @@ def eval_om(run_dir: Path, val_txt: Path) -> dict:
 
 def train_plain(dataset: Path, minutes: float, val_txt: Path, optimizer: dict | None = None, ngrams: dict | None = None) -> dict:
     """The plain Transformer with Om's training settings (same batches, optimizer and schedule);
-    optimizer: TRAIN's optimizer, lr and min_lr replaced (MUON); ngrams: its hashed n-gram
-    embeddings (`ngram_sizes`, `ngram_buckets`), none if None."""
+    optimizer: TRAIN's optimizer, lr and min_lr replaced (MUON); ngrams: more `PlainTransformer`
+    arguments, its hashed n-gram embeddings (`ngram_sizes`, `ngram_buckets`) and patching
+    (`patch_size`, `decoder_layers`, `dropout`), none if None."""
     from bench.plain_transformer import PlainTransformer
     from om.data import open_dataset
     from om.train.batches import BatchSampler
@@ -438,9 +442,11 @@ def main() -> None:
                          "train_bytes": last.get("bytes"), "steps": last.get("step"), "model": model,
                          "train": variant.get("train", {}), "measured": _now()}
         results_file.write_text(json.dumps(results, indent=2))
-    # The last with the n-gram embeddings of recipes/shakespeare-bytes.yaml (3- to 5-grams, 8192 rows).
+    # plain-muon-ngram with the n-gram embeddings of recipes/shakespeare-bytes.yaml (3- to 5-grams, 8192 rows);
+    # plain-muon-ngram-patched-8 patched as recipes/shakespeare-bytes-patched.yaml patches Om (PLAIN_PATCHED_8).
     for name, optimizer, ngrams in (("plain", None, None), ("plain-muon", MUON, None),
-                                    ("plain-muon-ngram", MUON, {**NGRAMS_SMALL, "ngram_buckets": 8192})):
+                                    ("plain-muon-ngram", MUON, {**NGRAMS_SMALL, "ngram_buckets": 8192}),
+                                    ("plain-muon-ngram-patched-8", MUON, {**NGRAMS_SMALL, "ngram_buckets": 8192, **PLAIN_PATCHED_8})):
         if name in wanted:
             row = train_plain(prepared("bytes", None, train_txt), args.minutes, val_txt, optimizer, ngrams)
             results[name.replace("plain", "plain-transformer")] = {**row, "train": optimizer or {}, "model": ngrams or {},

@@ -42,3 +42,34 @@ def test_stream_nll_hashes_each_window_after_the_ids_before_it():
         start = next(s for s in range(len(ids)) if ids[s : s + len(window)].tolist() == window)
         assert tail == stream[start : start + 3], start
 
+
+
+def test_patched_logits_at_t_depend_only_on_ids_up_to_t_and_windows_may_end_mid_patch():
+    """Patched (P = 4) over a 16-byte context: a change at byte t moves the logits at t and after, never before,
+    for whole windows and for one ending mid-patch (13 bytes); the trunk is read (an early change reaches past
+    the convolution's reach of P bytes)."""
+    torch.manual_seed(0)
+    model = PlainTransformer(vocab_size=40, dim=16, n_layers=2, n_heads=2, context=16, ngram_sizes=[2, 3], ngram_buckets=64,
+                             patch_size=4, decoder_layers=2).eval()
+    for length in (16, 13):
+        tokens = torch.randint(0, 40, (2, length), generator=torch.Generator().manual_seed(length))
+        with torch.no_grad():
+            base = model(tokens)
+            assert base.shape == (2, length, 40)
+            for t in range(length):
+                changed = tokens.clone()
+                changed[:, t] = (changed[:, t] + 1) % 40
+                moved = (model(changed) - base).abs().amax(-1)[0] > 0
+                assert moved.tolist() == [i >= t for i in range(length)], (length, t)
+
+
+def test_patched_trains_and_scores_a_stream():
+    torch.manual_seed(0)
+    model = PlainTransformer(vocab_size=40, dim=16, n_layers=1, n_heads=2, context=8, patch_size=4, decoder_layers=1)
+    tokens = torch.randint(0, 40, (3, 9), generator=torch.Generator().manual_seed(3))
+    loss, _ = model.loss(tokens[:, :-1], tokens[:, 1:])
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    nll = model.stream_nll(torch.randint(0, 40, (23,), generator=torch.Generator().manual_seed(4)))
+    assert 0 < nll < 22 * 2 * torch.log(torch.tensor(40.0)).item()
