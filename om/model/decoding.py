@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from om.model.attention import causal_bias
-from om.model.ngram import ngram_rows, ngram_rows_stepped
+from om.model.ngram import ngram_rows, ngram_rows_by_matmul, ngram_rows_stepped
 from om.model.state import OmState
 
 # The stem runs by table lookup (`IncrementalDecoder._stem_by_table`) when its table, vocabulary x
@@ -195,14 +195,20 @@ class IncrementalDecoder:
         return F.embedding(rows[..., 1:], self.ngram_table).sum(-2)
 
     def _add_ngram_vectors(self, x: Tensor, tokens: Tensor) -> Tensor:
-        """x (B, D) plus each token's summed n-gram vector. At batch <= NGRAM_PYTHON_ROWS on CPU the
-        rows, hashed in Python integers, are summed in numpy into x in place: in the decoding loop at
-        batch 1 this took 22-26 us a byte of the headline model against 38-41 for the torch route (a
-        tensor of rows, a gather, a sum and an add). At batch 16 numpy's vectorised hash and gather
-        measured no faster there than the tensor ops. The sum runs in the forward pass's order
-        (`embedding_bag`): the sizes' rows one by one."""
-        if self.tail_ids is None or self.ngram_numpy is None or x.requires_grad:
+        """x (B, D) plus each token's summed n-gram vector. On CPU, at batch <= NGRAM_PYTHON_ROWS, the
+        rows are hashed in Python integers and summed in numpy into x in place: in the decoding loop
+        at batch 1 this took 22-26 us a byte of the headline model against 38-41 for the torch route
+        (a tensor of rows, a gather, a sum and an add). At larger batch they are hashed by an int64
+        matmul (`ngram_rows_by_matmul`) and summed by `embedding_bag`, into x in place: at batch 16,
+        60-120 us less a step than the general route in the loop (a vectorised numpy hash and
+        gather measured no faster there). Sums run in the forward pass's order (`embedding_bag`)."""
+        if self.ngram_numpy is None or x.requires_grad:
             return x + self._ngram_vectors(self._ngram_rows(tokens))
+        if self.tail_ids is None:
+            window = torch.cat((self.token_tail, tokens.unsqueeze(1)), dim=1)  # (B, max(sizes)), oldest first
+            self.token_tail = window[:, 1:]
+            rows = ngram_rows_by_matmul(window, self.ngram.sizes, self.ngram.buckets)
+            return x.add_(F.embedding_bag(rows, self.ngram_table, mode="sum"))
         rows = ngram_rows_stepped(self.tail_ids, tokens.tolist(), self.ngram.sizes, self.ngram.buckets)
         table, acc, out = self.ngram_numpy, self.ngram_acc, x.numpy()
         for b, (first, *rest) in enumerate(rows):

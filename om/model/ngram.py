@@ -43,6 +43,15 @@ def ngram_rows(tokens: Tensor, tail: Tensor, sizes: list[int], buckets: int) -> 
     return hashes % MODULUS * MIXER % MODULUS % buckets + first_rows
 
 
+def ngram_rows_by_matmul(window: Tensor, sizes: list[int], buckets: int) -> Tensor:
+    """`ngram_rows` for one new token per row, CPU only: window (B, K) int64, each row's last K =
+    max(sizes) ids, oldest first (-1 before the stream) -> (B, len(sizes)) rows. One int64 matmul
+    (exact on CPU, as `ngram_rows` says; CUDA has none) and in-place arithmetic: 7 ops, not 11."""
+    powers, first_rows = _constants(tuple(sizes), window.shape[1], buckets, window.device)
+    hashes = torch.mm(window + 1, powers)
+    return hashes.remainder_(MODULUS).mul_(MIXER).remainder_(MODULUS).remainder_(buckets).add_(first_rows)
+
+
 def ngram_rows_stepped(tails: list[list[int]], tokens: list[int], sizes: list[int], buckets: int) -> list[list[int]]:
     """`ngram_rows` for one new token per row in Python integers: at batch 1 the dozen tensor ops
     of `ngram_rows` cost more than the arithmetic. sizes ascending (as `HashedNgramEmbedding` keeps
