@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.model_throughput import REFERENCE, time_steps
 from bench.plain_transformer import PlainTransformer
+from bench.quality import RECIPE_NGRAMS
 from bench.report import load_text, machine, markdown_table, write_section
 from om import OmConfig, OmLLM
 
@@ -68,6 +69,12 @@ def om_variants(base: dict) -> dict[str, dict]:
                                                                         "decoder_layers": 3, "decoder_mlp_ratio": 1.0,
                                                                         "segment_len": max(1, base["segment_len"] // 2)},
         "Om, stem [4]": {**base, "stem_kernels": [4]},
+        # The recipes as they train: recipes/shakespeare-bytes.yaml (3- to 5-gram embeddings after the stem) and
+        # recipes/shakespeare-bytes-patched.yaml (before it, 8192 rows each).
+        "Om + n-grams 3-5 (shakespeare-bytes.yaml)": {**base, **RECIPE_NGRAMS},
+        "Om patched P=8, dense stem [8], 3 decoder blocks + n-grams 3-5 (shakespeare-bytes-patched.yaml)": {
+            **base, "patch_size": 8, "stem_kernels": [8], "decoder_layers": 3, "segment_len": max(1, base["segment_len"] // 2),
+            **RECIPE_NGRAMS, "ngram_after_stem": False},
     }
 
 
@@ -177,6 +184,9 @@ def main() -> None:
     else:
         plain = matched_plain(models["Om"].num_parameters(), context, base["n_layers"])
     models["plain Transformer"] = plain
+    if args.size == "headline":  # patched as the patched recipe patches Om (bench.quality's plain-muon-ngram-patched-8)
+        models["plain Transformer patched P=8, dense stem [8], 3 decoder blocks"] = PlainTransformer(
+            256, base["dim"], base["n_layers"], base["n_heads"], context, base["mlp_ratio"], patch_size=8, decoder_layers=3)
     data = torch.randint(0, 256, (rows, context + 1))
     bytes_per_step = rows * context
     peak = matmul_peak_gflops()
