@@ -220,6 +220,10 @@ VARIANTS = {
     # The same with the n-gram vectors added to the stem's output instead of its input (model.ngram_after_stem).
     "om-bytes-long-memory-muon-ngram-8192-after-stem": dict(codec="bytes", model={"state_update": "residual", **RECIPE_NGRAMS},
                                                             train={**LONG_MEMORY, **MUON}),
+    # ... and with dropout 0.1, as the patched recipe has (the plays are read about twice in 10 minutes).
+    "om-bytes-long-memory-muon-ngram-8192-after-stem-dropout": dict(codec="bytes", model={"state_update": "residual", **RECIPE_NGRAMS,
+                                                                                       "dropout": 0.1},
+                                                                    train={**LONG_MEMORY, **MUON}),
     # SentencePiece-1024 with hashed 2- and 3-grams of its pieces (about 4.5 and 6.7 bytes): whether the tokenizer gains as much.
     "om-sentencepiece-1024-long-memory-muon-ngram": dict(codec="sentencepiece", vocab_size=1024,
                                                          model={"state_update": "residual", "ngram_sizes": [2, 3],
