@@ -13,7 +13,9 @@ QUICKSTART_YAML = """\
 # embeddings (model.ngram_sizes, README "Hashed n-gram embeddings"): 1.412 bits/byte against 1.510
 # without, run one after the other on an AMD EPYC (BENCHMARKS.md "ngram-quickstart"). Their vectors
 # join after the stem (model.ngram_after_stem): 1.412 against 1.432 with them before it, and 0.004 to
-# 0.007 lower at every evaluation of equal step (BENCHMARKS.md "ngram-after-stem").
+# 0.007 lower at every evaluation of equal step (BENCHMARKS.md "ngram-after-stem"). Their tables
+# have 8192 rows per size: 1.378 against 1.403 with 2048, and 0.028 to 0.055 lower at every
+# evaluation of equal step (BENCHMARKS.md "ngram-after-stem" notes).
 #
 #   om train recipes/quickstart.yaml
 #
@@ -30,7 +32,7 @@ model:
   state_len: 8
   stem_kernels: [2, 3, 4]
   ngram_sizes: [3, 4, 5]
-  ngram_buckets: 2048
+  ngram_buckets: 8192
   ngram_after_stem: true
   positional: rope
 data:
