@@ -535,9 +535,10 @@ def test_ngram_rows_use_no_integer_matmul():
     assert seen == []
 
 @pytest.mark.parametrize("sizes", [[1], [2, 3, 5], [1, 7, 16]])
-def test_ngram_rows_stepped_equal_ngram_rows(sizes):
-    """The decoder's Python-integer rows, one token at a time, are `ngram_rows`' rows, and the tails move on."""
-    from om.model.ngram import ngram_rows_stepped
+def test_decoder_ngram_rows_equal_ngram_rows(sizes):
+    """The decoder's rows one token at a time, in Python integers (the tails moving on) and by an int64 matmul
+    over each row's window, are `ngram_rows`' rows, up to the largest ids OmConfig allows."""
+    from om.model.ngram import ngram_rows_by_matmul, ngram_rows_stepped
 
     vocab = 2**32 // 16 - 2  # the largest ids OmConfig allows with n = 16
     g = torch.Generator().manual_seed(0)
@@ -545,26 +546,12 @@ def test_ngram_rows_stepped_equal_ngram_rows(sizes):
     tail = torch.randint(-1, 300, (3, max(sizes) - 1), generator=g)
     tail[0] = -1
     expected = ngram_rows(tokens, tail, sizes, 1000)
+    stream = torch.cat((tail, tokens), dim=1)
     tails = tail.tolist()
     for t in range(tokens.shape[1]):
         assert ngram_rows_stepped(tails, tokens[:, t].tolist(), sizes, 1000) == expected[:, t].tolist(), t
-    assert tails == torch.cat((tail, tokens), dim=1)[:, tokens.shape[1]:].tolist()
-
-
-@pytest.mark.parametrize("sizes", [[1], [2, 3, 5], [1, 7, 16]])
-def test_ngram_rows_by_matmul_equal_ngram_rows(sizes):
-    """The decoder's CPU rows by an int64 matmul, one token at a time, are `ngram_rows`' rows, up to the largest ids."""
-    from om.model.ngram import ngram_rows_by_matmul
-
-    vocab = 2**32 // 16 - 2  # the largest ids OmConfig allows with n = 16
-    g = torch.Generator().manual_seed(1)
-    tokens = torch.cat((torch.randint(0, 300, (3, 20), generator=g), torch.full((3, 4), vocab - 1)), dim=1)
-    tail = torch.randint(-1, 300, (3, max(sizes) - 1), generator=g)
-    tail[0] = -1
-    expected = ngram_rows(tokens, tail, sizes, 1000)
-    stream = torch.cat((tail, tokens), dim=1)
-    for t in range(tokens.shape[1]):
         assert torch.equal(ngram_rows_by_matmul(stream[:, t : t + max(sizes)], sizes, 1000), expected[:, t]), t
+    assert tails == stream[:, tokens.shape[1]:].tolist()
 
 @pytest.mark.parametrize("sizes", [[3, 3], [0, 2]])
 def test_ngram_sizes_must_be_distinct_and_positive(sizes):
